@@ -1,0 +1,53 @@
+# webfarm - run `make help` for the list.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export N RUNTIME HTTP_PORT BASE_PORT REDIS_PORT SESSION_BACKEND BALANCE DEMO_CONTROLS
+export USERS DURATION KILL_EVERY
+
+.DEFAULT_GOAL := help
+.PHONY: help up down status logs test lint loadtest compare clean prereqs
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+) to create $(VENV)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.lock
+	@touch $@
+
+prereqs:
+	@farmctl/prereqs.sh nginx redis-server
+
+up: prereqs $(VENV)/.installed ## start the farm (N=3, DEMO_CONTROLS=1 for the crash button) and print its URL
+	@DEMO_CONTROLS=$${DEMO_CONTROLS:-1} $(PY) -m farmctl up
+
+down: $(VENV)/.installed ## stop the farm and free its ports
+	@$(PY) -m farmctl down
+
+status: $(VENV)/.installed ## each process: name, port, pid, up/down
+	@$(PY) -m farmctl status
+
+logs: $(VENV)/.installed ## follow every log of the farm
+	@$(PY) -m farmctl logs
+
+lint: $(VENV)/.installed ## ruff and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: ## install what is missing, lint, then every test against real farms
+	@farmctl/prereqs.sh nginx redis-server chromium
+	@$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest
+
+loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3)
+	$(PY) -m loadtest run
+
+compare: prereqs $(VENV)/.installed ## the same load test under in-proc, sticky and Redis sessions
+	$(PY) -m loadtest compare
+
+clean: down ## stop the farm and delete its state and reports
+	rm -rf .farm reports

@@ -1,0 +1,50 @@
+"""Settings of one web instance, read from the environment (pydantic-settings)."""
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SessionBackend(StrEnum):
+    REDIS = "redis"
+    #: Sessions in the instance's own memory: the anti-pattern the farm is built to show.
+    MEMORY = "memory"
+
+
+class Settings(BaseSettings):
+    """Every knob of an instance. Each field maps to the upper-case environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    instance_name: str = Field("web1", description="Shown in X-Served-By and in session records.")
+    redis_url: str = Field("redis://127.0.0.1:6380/0", description="The shared session store.")
+    redis_socket_timeout_s: float = Field(1.0, gt=0, description="Per-command timeout.")
+    redis_connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout.")
+    redis_retries: int = Field(2, ge=0, description="Retries on connection errors, with backoff.")
+    key_prefix: str = Field("webfarm", description="Prefix of every Redis key.")
+
+    session_backend: SessionBackend = SessionBackend.REDIS
+    session_cookie: str = Field("webfarm_session", description="Name of the session cookie.")
+    session_idle_timeout_s: int = Field(30 * 60, gt=0, description="Sliding idle expiry.")
+    session_absolute_timeout_s: int = Field(8 * 3600, gt=0, description="Hard cap since login.")
+
+    demo_user: str | None = Field("demo", description="Created at start-up; empty disables it.")
+    demo_password: str = Field("demo-password", min_length=8)
+    demo_controls: bool = Field(False, description="Show the 'crash this instance' button.")
+    csrf_secret: str = Field(
+        "webfarm-demo-only-change-me",
+        min_length=16,
+        description="Signs CSRF tokens of the HTML forms; set a real secret in production.",
+    )
+
+    argon2_time_cost: int = Field(2, ge=1)
+    argon2_memory_kib: int = Field(19 * 1024, ge=8 * 1024, description="OWASP minimum: 19 MiB.")
+
+    stats_flush_interval_s: float = Field(1.0, gt=0, description="Write-behind of request counts.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,103 @@
+"""The web instance: one FastAPI app, run as N identical processes behind nginx."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from argon2 import PasswordHasher
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from app import api, pages
+from app.config import SessionBackend, Settings, get_settings
+from app.middleware import ServedByMiddleware
+from app.presence import Presence
+from app.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from app.users import UserStore
+
+log = logging.getLogger("webfarm")
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A client that fails fast and bounded: a few quick retries, then the error surfaces as 503."""
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=30,
+    )
+
+
+def make_session_store(settings: Settings, redis: Redis) -> SessionStore:
+    if settings.session_backend is SessionBackend.MEMORY:
+        log.warning("SESSION_BACKEND=memory: sessions live in this process only (the in-proc anti-pattern)")
+        return MemorySessionStore(settings.session_idle_timeout_s, settings.session_absolute_timeout_s)
+    return RedisSessionStore(
+        redis, settings.key_prefix, settings.session_idle_timeout_s, settings.session_absolute_timeout_s
+    )
+
+
+async def ensure_demo_user(users: UserStore, settings: Settings) -> None:
+    if not settings.demo_user:
+        return
+    try:
+        if await users.create(settings.demo_user, settings.demo_password):
+            log.info("created demo user %r", settings.demo_user)
+    except RedisError as exc:
+        log.warning("could not create the demo user yet (%s); the next start will", exc)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    redis = connect_redis(settings)
+    presence = Presence(redis, settings.key_prefix, settings.instance_name, settings.stats_flush_interval_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ensure_demo_user(app.state.users, settings)
+        task = asyncio.create_task(presence.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            await redis.aclose()
+
+    app = FastAPI(title="webfarm", version="1.0.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.redis = redis
+    app.state.presence = presence
+    app.state.sessions = make_session_store(settings, redis)
+    app.state.users = UserStore(
+        redis, settings.key_prefix,
+        PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib),
+    )
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=presence)
+
+    @app.exception_handler(RedisError)
+    async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("session store unavailable: %s: %s", type(exc).__name__, exc)
+        return JSONResponse({"detail": "session store unavailable"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Runs outside the middleware stack, so the X-Served-By header is added here.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500,
+                            headers={"X-Served-By": settings.instance_name})
+
+    return app

@@ -1,0 +1,58 @@
+"""The JSON API's request and response bodies."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+USERNAME_PATTERN = r"^[a-z0-9_.-]{3,32}$"
+SKU_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class Credentials(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(pattern=USERNAME_PATTERN, description="3-32 of a-z 0-9 _ . -")
+    password: str = Field(min_length=8, max_length=128)
+
+
+class UserOut(BaseModel):
+    username: str
+
+
+class Me(BaseModel):
+    username: str
+    served_by: str
+    session_created_on: str
+    session_created_at: str = Field(description="ISO 8601, UTC")
+    requests_in_session: int
+
+
+class CartItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sku: str = Field(pattern=SKU_PATTERN)
+    qty: int = Field(ge=1, le=100)
+
+
+class Cart(BaseModel):
+    items: dict[str, int]
+
+
+class Health(BaseModel):
+    status: str
+    instance: str
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+class InstanceOut(BaseModel):
+    name: str
+    up: bool = Field(description="Heartbeat seen in the last few seconds")
+    requests: int = Field(description="Requests served, flushed to Redis about once a second")
+
+
+class FarmOut(BaseModel):
+    served_by: str
+    session_backend: str
+    live_sessions: int
+    instances: list[InstanceOut]

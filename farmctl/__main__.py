@@ -1,0 +1,62 @@
+"""python -m farmctl up|down|status|logs|kill|render - what the Makefile calls."""
+
+import argparse
+import os
+import sys
+
+from farmctl.config import FarmConfig
+from farmctl.native import FarmError, as_rows
+from farmctl.render import render_nginx_docker
+from farmctl.runtime import open_farm
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="farmctl", description=__doc__)
+    parser.add_argument("--runtime", default=os.environ.get("RUNTIME") or "auto",
+                        choices=["auto", "native", "docker"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the farm (or apply a changed N) and wait until it is healthy")
+    sub.add_parser("down", help="stop everything and free the ports")
+    sub.add_parser("status", help="each process: name, port, pid, up/down")
+    logs = sub.add_parser("logs", help="follow the logs")
+    logs.add_argument("names", nargs="*")
+    kill = sub.add_parser("kill", help="send a signal to one process through the supervisor")
+    kill.add_argument("name")
+    kill.add_argument("--signal", default="KILL")
+    render = sub.add_parser("render-docker-nginx", help="print the nginx config for the Docker runtime")
+    render.add_argument("--instances", type=int, default=3)
+    render.add_argument("--balance", default=os.environ.get("BALANCE") or "round_robin")
+    args = parser.parse_args(argv)
+
+    if args.command == "render-docker-nginx":
+        sys.stdout.write(render_nginx_docker(args.instances, args.balance))
+        return 0
+    try:
+        farm = open_farm(FarmConfig.from_env(), args.runtime)
+        if args.command == "up":
+            farm.up()
+            print(f"webfarm is up ({farm.name} runtime, {farm.config.instances} instances): "
+                  f"{farm.config.balancer_url}")
+        elif args.command == "down":
+            farm.down()
+            print("webfarm is down")
+        elif args.command == "status":
+            print(f"{'NAME':8} {'PORT':>6} {'PID':>8}  STATE")
+            for row in as_rows(farm.status()):
+                print("{:8} {:>6} {:>8}  {}".format(*row))
+        elif args.command == "logs":
+            names = args.names or ["redis", *farm.instance_names(), "nginx", "nginx-access"]
+            if farm.name == "docker":
+                os.execvp("docker", ["docker", "compose", "logs", "--follow", *args.names])
+            os.execvp("tail", ["tail", "-n", "20", "-F", *(farm.log_path(n) for n in names)])
+        elif args.command == "kill":
+            pid = farm.kill(args.name, args.signal)
+            print(f"sent SIG{args.signal} to {args.name}" + (f" (pid {pid})" if pid else ""))
+    except (FarmError, ValueError) as exc:
+        print(f"farmctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The shape of a farm: how many instances, which ports, which session backend."""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: uvicorn keeps idle connections longer than nginx does (see nginx/nginx.conf.j2).
+APP_KEEPALIVE_S = 75
+NGINX_KEEPALIVE_S = 60
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    """Everything that differs between one farm and another (make up, a test, a compare run)."""
+
+    instances: int = 3
+    http_port: int = 8080
+    base_port: int = 8001
+    redis_port: int = 6380
+    session_backend: str = "redis"
+    balance: str = "round_robin"
+    demo_controls: bool = False
+    state_dir: Path = PROJECT_ROOT / ".farm"
+    key_prefix: str = "webfarm"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.instances <= 50:
+            raise ValueError(f"instances must be 1..50, not {self.instances}")
+        if self.session_backend not in ("redis", "memory"):
+            raise ValueError(f"SESSION_BACKEND must be redis or memory, not {self.session_backend!r}")
+        if self.balance not in ("round_robin", "sticky"):
+            raise ValueError(f"BALANCE must be round_robin or sticky, not {self.balance!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "FarmConfig":
+        """Defaults, then WEBFARM_* / make variables from the environment, then explicit overrides."""
+        env = os.environ
+        values: dict[str, object] = {}
+        casts: list[tuple[str, str, Callable[[str], object]]] = [
+            ("instances", "N", int),
+            ("http_port", "HTTP_PORT", int),
+            ("base_port", "BASE_PORT", int),
+            ("redis_port", "REDIS_PORT", int),
+            ("session_backend", "SESSION_BACKEND", str),
+            ("balance", "BALANCE", str),
+            ("demo_controls", "DEMO_CONTROLS", lambda v: v.lower() in ("1", "true", "yes")),
+            ("state_dir", "STATE_DIR", Path),
+        ]
+        for name, var, cast in casts:
+            if env.get(var):
+                values[name] = cast(env[var])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def web(self) -> list[Instance]:
+        return [Instance(f"web{i}", "127.0.0.1", self.base_port + i - 1) for i in range(1, self.instances + 1)]
+
+    @property
+    def balancer_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.http_port, self.redis_port, *(i.port for i in self.web)]

@@ -1,0 +1,211 @@
+"""The native runtime: Redis, N uvicorn instances and nginx as children of supervisord.
+
+supervisord is the process supervisor (it restarts whatever dies); this module only renders
+its config, starts it, and talks to it over its XML-RPC socket."""
+
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from supervisor.xmlrpc import SupervisorTransport
+
+from farmctl.config import FarmConfig
+from farmctl.render import render_nginx_native, render_supervisord, require_binary
+
+
+class FarmError(RuntimeError):
+    """Something the user can act on; the CLI prints it without a traceback."""
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    name: str
+    port: int
+    pid: int
+    state: str
+
+    @property
+    def up(self) -> bool:
+        return self.state == "RUNNING"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class NativeFarm:
+    name = "native"
+
+    def __init__(self, config: FarmConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.socket_path = self.state_dir / "supervisor.sock"
+
+    # -- talking to supervisord ------------------------------------------------------------
+    def _rpc(self) -> Any:
+        transport = SupervisorTransport(serverurl=f"unix://{self.socket_path}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def is_running(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        try:
+            return bool(self._rpc().getState()["statename"] == "RUNNING")
+        except (OSError, xmlrpc.client.Fault):
+            return False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _write_configs(self) -> None:
+        for sub in ("logs", "redis", "nginx"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            supervisord_conf = render_supervisord(self.config, sys.executable)
+        except FileNotFoundError as missing:
+            raise FarmError(
+                f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server"
+            ) from None
+        (self.state_dir / "supervisord.conf").write_text(supervisord_conf)
+        (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config))
+        check = subprocess.run(
+            [require_binary("nginx"), "-t", "-q", "-p", f"{self.state_dir}/nginx",
+             "-c", f"{self.state_dir}/nginx.conf"],
+            capture_output=True, text=True, check=False,
+        )
+        if check.returncode != 0:
+            raise FarmError(f"the rendered nginx config is invalid:\n{check.stderr}")
+
+    def up(self, timeout_s: float = 60) -> None:
+        """Start the farm, or bring a running one in line with the config (instances added or
+        removed, nginx reloaded without dropping connections). Returns when all is healthy."""
+        running = self.is_running()
+        if not running:
+            taken = [p for p in self.config.ports if not port_is_free(p)]
+            if taken:
+                raise FarmError(
+                    f"port(s) {', '.join(map(str, taken))} already in use on 127.0.0.1; "
+                    "stop what uses them (`ss -ltnp`) or choose others, "
+                    "e.g. make up HTTP_PORT=9080 BASE_PORT=9001 REDIS_PORT=6390"
+                )
+        self._write_configs()
+        if running:
+            self._apply_config_changes()
+        else:
+            subprocess.run(
+                [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.state_dir / "supervisord.conf")],
+                check=True,
+            )
+        self.wait_healthy(timeout_s)
+
+    def _apply_config_changes(self) -> None:
+        rpc = self._rpc()
+        [[added, changed, removed]] = rpc.reloadConfig()
+        for name in [*removed, *changed]:
+            rpc.stopProcessGroup(name)
+            rpc.removeProcessGroup(name)
+        for name in [*changed, *added]:
+            rpc.addProcessGroup(name)
+        for proc in rpc.getAllProcessInfo():
+            if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
+                rpc.startProcess(proc["name"])
+        if "nginx" not in changed:
+            rpc.signalProcess("nginx", "HUP")
+
+    def down(self, timeout_s: float = 30) -> None:
+        if not self.is_running():
+            return
+        pid = int((self.state_dir / "supervisord.pid").read_text())
+        self._rpc().shutdown()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                subprocess.run(["kill", "-0", str(pid)], check=True, capture_output=True)
+            except subprocess.CalledProcessError:
+                break
+            time.sleep(0.1)
+        else:
+            raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
+
+    # -- inspecting and breaking -----------------------------------------------------------
+    def status(self) -> list[ProcessStatus]:
+        ports = {i.name: i.port for i in self.config.web} | {
+            "redis": self.config.redis_port, "nginx": self.config.http_port}
+        if not self.is_running():
+            return [ProcessStatus(name, port, 0, "STOPPED") for name, port in ports.items()]
+        info = {p["name"]: p for p in self._rpc().getAllProcessInfo()}
+        return [ProcessStatus(name, ports.get(name, 0), int(p["pid"]), str(p["statename"]))
+                for name, p in info.items()]
+
+    def instance_names(self) -> list[str]:
+        return [i.name for i in self.config.web]
+
+    def pid(self, name: str) -> int:
+        return int(self._rpc().getProcessInfo(name)["pid"])
+
+    def kill(self, name: str, sig: str = "KILL") -> int:
+        """Send a signal through the supervisor; returns the pid that got it."""
+        pid = self.pid(name)
+        self._rpc().signalProcess(name, sig)
+        return pid
+
+    def stop(self, name: str) -> None:
+        self._rpc().stopProcess(name)
+
+    def start(self, name: str) -> None:
+        self._rpc().startProcess(name)
+
+    def is_serving(self, name: str) -> bool:
+        inst = next(i for i in self.config.web if i.name == name)
+        try:
+            return httpx.get(f"{inst.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def unhealthy(self) -> list[str]:
+        """Names of the parts that do not answer yet (empty when the farm is healthy)."""
+        bad = [i.name for i in self.config.web if not self.is_serving(i.name)]
+        try:
+            if httpx.get(f"{self.config.balancer_url}/healthz", timeout=1).status_code != 200:
+                bad.append("nginx")
+        except httpx.HTTPError:
+            bad.append("nginx")
+        try:
+            ready = httpx.get(f"{self.config.web[0].url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        if not ready:
+            bad.append("redis")
+        return bad
+
+    def wait_healthy(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (bad := self.unhealthy()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if bad:
+            tails = "\n".join(f"--- {self.log_path(n)} ---\n{self.tail(n)}" for n in bad)
+            raise FarmError(f"not healthy after {timeout_s:.0f} s: {', '.join(bad)}\n{tails}")
+
+    def log_path(self, name: str) -> str:
+        return str(self.state_dir / "logs" / f"{name}.log")
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            with open(self.log_path(name)) as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def as_rows(statuses: list[ProcessStatus]) -> list[tuple[str, str, str, str]]:
+    return [(s.name, str(s.port or "-"), str(s.pid or "-"), "up" if s.up else s.state.lower())
+            for s in statuses]

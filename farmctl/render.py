@@ -1,0 +1,87 @@
+"""Render the farm's config files from their templates."""
+
+import getpass
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from farmctl.config import APP_KEEPALIVE_S, NGINX_KEEPALIVE_S, PROJECT_ROOT, FarmConfig, Instance
+
+NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
+DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
+
+
+def _env(directory: Path) -> Environment:
+    return Environment(loader=FileSystemLoader(directory), undefined=StrictUndefined,
+                       keep_trailing_newline=True, autoescape=False)  # noqa: S701 - config files, not HTML
+
+
+def _nginx_common() -> dict[str, object]:
+    return {
+        "app_keepalive_s": APP_KEEPALIVE_S,
+        "nginx_keepalive_s": NGINX_KEEPALIVE_S,
+        "next_upstream_tries": 3,
+        "next_upstream_timeout_s": 5,
+    }
+
+
+def render_nginx_native(config: FarmConfig) -> str:
+    return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
+        runtime="native",
+        instances=config.web,
+        balance=config.balance,
+        listen_host="127.0.0.1",
+        http_port=config.http_port,
+        state_dir=config.state_dir,
+        static_dir=PROJECT_ROOT / "app" / "static",
+        # nginx started by root drops its workers to `nobody`, who cannot read a private state dir.
+        run_as=getpass.getuser() if os.geteuid() == 0 else None,
+        **_nginx_common(),
+    )
+
+
+def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin") -> str:
+    web = [Instance(f"web{i}", f"web{i}", 8000) for i in range(1, instances + 1)]
+    return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
+        runtime="docker",
+        instances=web,
+        balance=balance,
+        listen_host="0.0.0.0",
+        http_port=8080,
+        static_dir="/srv/static",
+        **_nginx_common(),
+    )
+
+
+def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]]:
+    yield "INSTANCE_NAME", inst.name
+    yield "REDIS_URL", config.redis_url
+    yield "SESSION_BACKEND", config.session_backend
+    yield "KEY_PREFIX", config.key_prefix
+    yield "DEMO_CONTROLS", "1" if config.demo_controls else "0"
+    yield "PYTHONUNBUFFERED", "1"
+    yield from config.extra_env.items()
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if path is None:
+        raise FileNotFoundError(name)
+    return path
+
+
+def render_supervisord(config: FarmConfig, python: str) -> str:
+    return _env(Path(__file__).parent).get_template("supervisord.conf.j2").render(
+        state_dir=config.state_dir,
+        root=PROJECT_ROOT,
+        python=python,
+        redis_server=require_binary("redis-server"),
+        nginx=require_binary("nginx"),
+        redis_port=config.redis_port,
+        instances=config.web,
+        app_keepalive_s=APP_KEEPALIVE_S,
+        env=lambda inst: instance_env(config, inst),
+    )
