@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6380/0", description="The shared session store.")
     redis_socket_timeout_s: float = Field(1.0, gt=0, description="Per-command timeout.")
     redis_connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout.")
+    redis_max_connections: int = Field(64, ge=1, description="Pool size per instance.")
+    redis_pool_timeout_s: float = Field(2.0, gt=0, description="Wait for a free pooled connection.")
     redis_retries: int = Field(2, ge=0, description="Retries on connection errors, with backoff.")
     key_prefix: str = Field("webfarm", description="Prefix of every Redis key.")
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, suppress
 from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -26,9 +26,14 @@ log = logging.getLogger("webfarm")
 
 
 def connect_redis(settings: Settings) -> Redis:
-    """A client that fails fast and bounded: a few quick retries, then the error surfaces as 503."""
-    return Redis.from_url(
+    """A client that fails fast and bounded: a few quick retries, then the error surfaces as 503.
+
+    The pool blocks (briefly) when every connection is busy instead of failing at once, which
+    redis-py's default pool does past 100 connections under a burst."""
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
         decode_responses=True,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
@@ -36,6 +41,7 @@ def connect_redis(settings: Settings) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)
 
 
 def make_session_store(settings: Settings, redis: Redis) -> SessionStore:

@@ -1,0 +1,137 @@
+"""The JSON API contract through the real balancer, bad input included."""
+
+import hashlib
+
+import httpx
+import pytest
+
+from farmctl.native import NativeFarm
+from tests.farm.users import PASSWORD, new_username, signed_in
+
+pytestmark = pytest.mark.farm
+
+
+@pytest.fixture
+def api(farm: NativeFarm) -> httpx.Client:
+    return httpx.Client(base_url=farm.config.balancer_url, timeout=10)
+
+
+def test_healthz_names_the_instance_without_redis(farm: NativeFarm) -> None:
+    for inst in farm.config.web:
+        response = httpx.get(f"{inst.url}/healthz")
+        assert response.json() == {"status": "ok", "instance": inst.name}
+        assert response.headers["x-served-by"] == inst.name
+
+
+def test_login_sets_a_strong_httponly_lax_cookie(api: httpx.Client) -> None:
+    username = new_username()
+    assert api.post("/api/register", json={"username": username, "password": PASSWORD}).status_code == 201
+    response = api.post("/api/login", json={"username": username, "password": PASSWORD})
+    assert response.status_code == 200
+    assert response.json() == {"username": username}
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "samesite=lax" in cookie.lower()
+    assert "Path=/" in cookie
+    token = response.cookies["webfarm_session"]
+    assert len(token) >= 22  # >= 128 bits in URL-safe base64
+    me = api.get("/api/me").json()
+    assert me["username"] == username
+    assert me["requests_in_session"] == 1
+
+
+def test_register_taken_name_is_409(api: httpx.Client) -> None:
+    username = new_username()
+    assert api.post("/api/register", json={"username": username, "password": PASSWORD}).status_code == 201
+    again = api.post("/api/register", json={"username": username, "password": "another-password"})
+    assert again.status_code == 409
+    assert again.json() == {"detail": "username already taken"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "ab", "password": PASSWORD},
+        {"username": "a" * 33, "password": PASSWORD},
+        {"username": "Alice", "password": PASSWORD},
+        {"username": "al ice", "password": PASSWORD},
+        {"username": "\u0430lice", "password": PASSWORD},  # Cyrillic a: a look-alike
+        {"username": "alice", "password": "short"},
+        {"username": "alice", "password": "x" * 129},
+        {"username": "alice"},
+        {"username": 12345, "password": PASSWORD},
+        {"username": "alice", "password": PASSWORD, "admin": True},
+    ],
+)
+def test_register_invalid_input_is_422_and_stores_nothing(api: httpx.Client, body: dict[str, object]) -> None:
+    response = api.post("/api/register", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"]
+    if isinstance(body.get("username"), str) and "password" in body:
+        login = api.post("/api/login", json={"username": body["username"], "password": body["password"]})
+        assert login.status_code in (401, 422)
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b'{"username": "alice", "password": ', b"\xff\xfe"])
+def test_malformed_json_is_422_with_a_readable_message(api: httpx.Client, raw: bytes) -> None:
+    response = api.post("/api/login", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in response.text
+
+
+def test_wrong_password_and_unknown_user_get_the_same_401(api: httpx.Client) -> None:
+    wrong = api.post("/api/login", json={"username": "demo", "password": "not-the-password"})
+    unknown = api.post("/api/login", json={"username": new_username(), "password": "not-the-password"})
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert "set-cookie" not in wrong.headers
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "garbage",
+        "A" * 43,  # well-formed, never issued
+        hashlib.sha256(b"x").hexdigest(),
+        "x" * 4000,
+        "%00%ff%c3%28",
+        "é" * 10,
+    ],
+)
+def test_forged_or_garbage_cookie_is_401_not_500(farm: NativeFarm, cookie: str) -> None:
+    raw_header = f"webfarm_session={cookie}".encode()
+    for path in ("/api/me", "/api/cart"):
+        response = httpx.get(f"{farm.config.balancer_url}{path}", headers={b"cookie": raw_header})
+        assert response.status_code == 401
+        assert response.json() == {"detail": "not signed in"}
+
+
+def test_errors_carry_x_served_by(api: httpx.Client) -> None:
+    for response in (
+        api.get("/no-such-page"),
+        api.get("/api/me"),
+        api.post("/api/login", content=b"{"),
+    ):
+        assert response.status_code >= 400
+        assert response.headers["x-served-by"].startswith("web")
+
+
+def test_oversized_body_is_413_from_the_balancer(api: httpx.Client) -> None:
+    response = api.post("/api/login", content=b"x" * 100_000, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body too large"}
+
+
+def test_cart_rejects_bad_items_and_keeps_the_cart(farm: NativeFarm) -> None:
+    with signed_in(farm.config.balancer_url) as client:
+        assert client.post("/api/cart/items", json={"sku": "pear", "qty": 2}).status_code == 200
+        for bad in ({"sku": "", "qty": 1}, {"sku": "pear", "qty": 0}, {"sku": "pear", "qty": 101},
+                    {"sku": "a/b", "qty": 1}, {"sku": "pear"}, {"sku": "pear", "qty": "many"}):
+            assert client.post("/api/cart/items", json=bad).status_code == 422
+        assert client.get("/api/cart").json() == {"items": {"pear": 2}}
+
+
+def test_requests_through_balancer_get_a_request_id(api: httpx.Client) -> None:
+    first, second = api.get("/healthz"), api.get("/healthz")
+    assert len(first.headers["x-request-id"]) == 32
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]

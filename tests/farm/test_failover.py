@@ -1,0 +1,124 @@
+"""The farm's promises, against real Redis, nginx and uvicorn: any instance serves any
+session, an instance can die without anyone noticing, and a Redis outage is a clean 503."""
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from farmctl.native import NativeFarm
+from tests.farm.users import signed_in, with_cookie
+
+pytestmark = pytest.mark.farm
+
+
+def test_round_robin_spreads_requests_over_every_instance(farm: NativeFarm) -> None:
+    with signed_in(farm.config.balancer_url) as client:
+        served = Counter(client.get("/api/me").json()["served_by"] for _ in range(30))
+    assert set(served) == {i.name for i in farm.config.web}
+    assert min(served.values()) >= 8, served
+
+
+def test_session_created_on_one_instance_is_honoured_by_every_other(farm: NativeFarm) -> None:
+    first, *others = farm.config.web
+    with signed_in(first.url) as origin:
+        for inst in others:
+            with with_cookie(inst.url, origin.cookies) as client:
+                me = client.get("/api/me")
+                assert me.status_code == 200
+                assert me.json()["served_by"] == inst.name
+                assert me.json()["session_created_on"] == first.name
+
+
+def test_logout_on_one_instance_ends_the_session_on_every_instance(farm: NativeFarm) -> None:
+    web1, web2, web3 = farm.config.web
+    with signed_in(web1.url) as client:
+        cookies = httpx.Cookies(client.cookies)
+        assert client.post("/api/logout").status_code == 204
+    for inst in (web1, web2, web3):
+        with with_cookie(inst.url, cookies) as stale:
+            assert stale.get("/api/me").status_code == 401
+            assert stale.get("/api/cart").status_code == 401
+
+
+def test_sigkill_of_an_instance_costs_no_failed_get(farm: NativeFarm) -> None:
+    victim = farm.config.web[1].name
+    old_pid = farm.pid(victim)
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def stream() -> None:
+        with signed_in(farm.config.balancer_url) as client:
+            while not stop.is_set():
+                try:
+                    statuses[client.get("/api/me").status_code] += 1
+                except httpx.HTTPError:
+                    statuses[0] += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(stream)
+        time.sleep(1)
+        killed_at = time.monotonic()
+        farm.kill(victim, "KILL")
+        back_after = None
+        while time.monotonic() - killed_at < 10:
+            if farm.pid(victim) not in (0, old_pid) and farm.is_serving(victim):
+                back_after = time.monotonic() - killed_at
+                break
+            time.sleep(0.1)
+        time.sleep(1)
+        stop.set()
+    assert set(statuses) == {200}, statuses
+    assert statuses[200] > 100
+    assert back_after is not None, f"{victim} not serving again within 10 s"
+
+
+def test_concurrent_cart_adds_through_every_instance_all_count(farm: NativeFarm) -> None:
+    with signed_in(farm.config.balancer_url) as owner:
+        cookies = httpx.Cookies(owner.cookies)
+    clients = [with_cookie(inst.url, cookies) for inst in farm.config.web]
+
+    def add(i: int) -> int:
+        return clients[i % len(clients)].post("/api/cart/items", json={"sku": "apple", "qty": 1}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = Counter(pool.map(add, range(120)))
+    assert codes == {200: 120}
+    assert clients[0].get("/api/cart").json() == {"items": {"apple": 120}}
+    for client in clients:
+        client.close()
+
+
+def test_redis_outage_is_a_503_and_the_farm_recovers_by_itself(farm: NativeFarm) -> None:
+    balancer = farm.config.balancer_url
+    with signed_in(balancer) as client:
+        farm.stop("redis")
+        try:
+            for _ in range(len(farm.config.web)):
+                started = time.monotonic()
+                down = client.get("/api/me")
+                assert down.status_code == 503
+                assert down.json() == {"detail": "session store unavailable"}
+                assert down.headers["retry-after"] == "1"
+                assert down.headers["x-served-by"].startswith("web")
+                assert time.monotonic() - started < 5
+            login = client.post("/api/login", json={"username": "demo", "password": "demo-password"})
+            assert login.status_code == 503
+            for inst in farm.config.web:
+                assert httpx.get(f"{inst.url}/healthz").status_code == 200
+                assert httpx.get(f"{inst.url}/readyz").status_code == 503
+        finally:
+            farm.start("redis")
+        recovered = None
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            if all(client.get("/api/me").status_code == 200 for _ in farm.config.web):
+                recovered = time.monotonic() - started
+                break
+            time.sleep(0.1)
+        assert recovered is not None, "the farm did not recover within 10 s of Redis returning"
+        assert client.get("/api/me").json()["requests_in_session"] >= 1
