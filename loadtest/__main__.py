@@ -1,0 +1,68 @@
+"""python -m loadtest run|compare - the load test with chaos, and the three-way comparison."""
+
+import argparse
+import os
+import sys
+
+from farmctl.config import PROJECT_ROOT, FarmConfig
+from farmctl.native import FarmError, NativeFarm, port_is_free
+from loadtest.report import verdict_table
+from loadtest.run import SCENARIOS, LoadSpec, comparison_table, run_scenario, write_comparison
+
+
+def free_block(count: int, start: int = 18000) -> int:
+    base = start
+    while not all(port_is_free(p) for p in range(base, base + count)):
+        base += count
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="loadtest", description=__doc__)
+    parser.add_argument("command", choices=["run", "compare"])
+    parser.add_argument("--users", type=int, default=int(env.get("USERS") or 0) or None)
+    parser.add_argument("--duration", default=env.get("DURATION") or None, help="Locust format: 45s, 2m")
+    parser.add_argument("--kill-every", type=float, default=float(env.get("KILL_EVERY") or 0) or None)
+    parser.add_argument("--signal", default=env.get("KILL_SIGNAL") or "KILL", choices=["KILL", "TERM"])
+    parser.add_argument("--runtime", default=env.get("RUNTIME") or "auto")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "run":
+            spec = LoadSpec(users=args.users or 50, duration=args.duration or "2m",
+                            kill_every_s=args.kill_every or 15.0, kill_signal=args.signal)
+            out = PROJECT_ROOT / "reports" / "loadtest"
+            summary = run_scenario(FarmConfig.from_env(), spec, out, args.runtime)
+            print("\n" + verdict_table(summary))
+            print(f"\nwritten: {out}/summary.json, report.html, timeline.png")
+            return 0 if summary["verdict"] == "PASS" else 1
+
+        # Each setup gets a farm of its own on free ports, torn down afterwards.
+        spec = LoadSpec(users=args.users or 20, duration=args.duration or "45s",
+                        kill_every_s=args.kill_every or 10.0, kill_signal=args.signal)
+        out = PROJECT_ROOT / "reports" / "compare"
+        instances = int(env.get("N") or 3)
+        summaries = {}
+        for name, (backend, balance) in SCENARIOS.items():
+            slug = name.replace(" + ", "-").replace(" ", "")
+            base = free_block(instances + 2)
+            config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, base_port=base + 2,
+                                session_backend=backend, balance=balance,
+                                state_dir=PROJECT_ROOT / ".farm" / f"compare-{slug}")
+            farm = NativeFarm(config)
+            try:
+                summaries[name] = run_scenario(config, spec, out / slug, "native", title=name)
+            finally:
+                farm.down()
+        write_comparison(summaries, out)
+        print("\n" + comparison_table(summaries))
+        print(f"\nwritten: {out}/summary.json, compare.png (and one folder per setup)")
+        return 0
+    except FarmError as exc:
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

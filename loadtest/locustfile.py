@@ -1,0 +1,159 @@
+"""Users who sign in once and browse, checking every answer, while the chaos kills instances.
+
+Run by `python -m loadtest run` (make loadtest); settings arrive as LOADTEST_* variables and the
+farm's shape as the same variables `make up` reads, so the chaos drives the same farm."""
+
+import logging
+import os
+import random
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from locust import HttpUser, between, events, task
+from locust.clients import ResponseContextManager
+from locust.env import Environment
+
+from farmctl.config import FarmConfig
+from farmctl.runtime import open_farm
+from loadtest.chaos import Chaos
+from loadtest.ledger import CartBook, Ledger, Outcome
+
+PASSWORD = "load-test-password"  # noqa: S105 - throw-away load-test accounts
+SKUS = ["apple", "pear", "plum", "fig", "kiwi"]
+
+ledger = Ledger()
+chaos: Chaos | None = None
+log = logging.getLogger("loadtest")
+
+
+class FarmUser(HttpUser):
+    """Registers, signs in, then reads who it is, reads and fills its cart, and views pages."""
+
+    wait_time = between(0.2, 1.0)
+    signed_in = False
+
+    def on_start(self) -> None:
+        self.username = f"lt{secrets.token_hex(6)}"
+        self.cart = CartBook()
+        self.client.post("/api/register", json={"username": self.username, "password": PASSWORD},
+                         name="/api/register")
+        self.sign_in()
+
+    def sign_in(self) -> None:
+        """Log in (again). A fresh session starts with an empty cart. A failed login is a request
+        error (Locust shows it too); the user tries again before its next request."""
+        self.cart = CartBook()
+        start = time.time()
+        with self.request("POST", "/api/login", json={"username": self.username, "password": PASSWORD}) as r:
+            self.signed_in = r.status_code == 200
+            if not self.signed_in:
+                outcome = ledger.classify_error("POST", start, time.time(), r.headers.get("x-served-by", ""))
+                ledger.record(start, time.time(), "POST", "/api/login", r.status_code or 0, "", outcome)
+                r.failure(f"login failed (HTTP {r.status_code})")
+
+    def on_request_start(self) -> bool:
+        """False (and a fresh login attempt) when the user is not signed in."""
+        if not self.signed_in:
+            self.sign_in()
+        return self.signed_in
+
+    def request(self, method: str, path: str, **kwargs: Any) -> ResponseContextManager:
+        return self.client.request(method, path, name=path, catch_response=True, allow_redirects=False,
+                                   **kwargs)
+
+    def judge(self, response: ResponseContextManager, method: str, start: float,
+              check: Any = None) -> Outcome:
+        """Classify one answer, tell Locust, and write it down. `check` inspects a 200's body."""
+        end = time.time()
+        status = response.status_code or 0
+        served_by = response.headers.get("x-served-by", "") if status else ""
+        if status == 401 or (status == 303 and "/login" in response.headers.get("location", "")):
+            outcome = Outcome.SESSION_LOST
+        elif status == 0 or status >= 500:
+            outcome = ledger.classify_error(method, start, end, served_by)
+        elif status != 200:
+            outcome = Outcome.REQUEST_ERROR
+        else:
+            outcome = check(response) if check else Outcome.OK
+        ledger.record(start, end, method, response.request_meta["name"], status, served_by, outcome)
+        if outcome is Outcome.OK:
+            response.success()
+        else:
+            response.failure(f"{outcome.value} (HTTP {status})")
+        if outcome is Outcome.SESSION_LOST:
+            self.sign_in()
+        return outcome
+
+    @task(4)
+    def who_am_i(self) -> None:
+        def mine(r: ResponseContextManager) -> Outcome:
+            return Outcome.OK if r.json().get("username") == self.username else Outcome.MIXUP
+
+        if not self.on_request_start():
+            return
+        start = time.time()
+        with self.request("GET", "/api/me") as r:
+            self.judge(r, "GET", start, mine)
+
+    @task(2)
+    def read_cart(self) -> None:
+        if not self.on_request_start():
+            return
+        start = time.time()
+        with self.request("GET", "/api/cart") as r:
+            self.judge(r, "GET", start, lambda resp: self.cart.check(resp.json()["items"]))
+
+    @task(2)
+    def add_to_cart(self) -> None:
+        sku, qty = random.choice(SKUS), random.randint(1, 3)
+
+        def applied(r: ResponseContextManager) -> Outcome:
+            self.cart.confirmed[sku] += qty
+            return self.cart.check(r.json()["items"])
+
+        if not self.on_request_start():
+            return
+        start = time.time()
+        with self.request("POST", "/api/cart/items", json={"sku": sku, "qty": qty}) as r:
+            if self.judge(r, "POST", start, applied) is Outcome.INDETERMINATE:
+                self.cart.uncertain[sku] += qty
+
+    @task(1)
+    def view_dashboard(self) -> None:
+        def shows_me(r: ResponseContextManager) -> Outcome:
+            return Outcome.OK if f'id="username">{self.username}<' in r.text else Outcome.MIXUP
+
+        if not self.on_request_start():
+            return
+        start = time.time()
+        with self.request("GET", "/dashboard") as r:
+            self.judge(r, "GET", start, shows_me)
+
+
+@events.test_start.add_listener
+def start_chaos(environment: Environment, **_: Any) -> None:
+    global chaos
+    ledger.started_at = time.time()
+    kill_every = float(os.environ.get("LOADTEST_KILL_EVERY", "15"))
+    ledger.settings = {"kill_every_s": kill_every, "kill_signal": os.environ.get("LOADTEST_KILL_SIGNAL", "KILL")}
+    if kill_every <= 0:
+        return
+    farm = open_farm(FarmConfig.from_env(), os.environ.get("RUNTIME") or "auto")
+    chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]))
+    threading.Thread(target=chaos.run, daemon=True).start()
+
+
+@events.test_stop.add_listener
+def save_ledger(environment: Environment, **_: Any) -> None:
+    ledger.stopped_at = time.time()
+    if chaos:
+        chaos.stop()
+        deadline = time.time() + 15  # give the last killed instance the time to come back
+        while chaos.down and time.time() < deadline:
+            time.sleep(0.2)
+    out = Path(os.environ.get("LOADTEST_OUT", "reports/loadtest"))
+    out.mkdir(parents=True, exist_ok=True)
+    ledger.save(out / "ledger.json")

@@ -1,0 +1,279 @@
+"""compose.yaml and the Dockerfile, checked without a Docker engine: the schema, what failover relies
+on (healthchecks, restart policies, start order), and agreement with the rendered nginx config."""
+
+import json
+import re
+import shlex
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+
+from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT
+from farmctl.docker import engine_available
+from farmctl.render import DOCKER_INSTANCES, render_nginx_docker
+
+COMPOSE_FILE = PROJECT_ROOT / "compose.yaml"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+# Shared beside the checkout, not vendored into it.
+COMPOSE_SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "compose-spec.json"
+APP_PORT = 8000
+WEB_SERVICES = [f"web{i}" for i in range(1, DOCKER_INSTANCES + 1)]
+
+Service = dict[str, Any]
+Instruction = tuple[str, str]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    result = compose["services"]
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[Instruction]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined and comments dropped."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), " ".join(args.split())))
+        pending = ""
+    return instructions
+
+
+@pytest.fixture(scope="module")
+def uvicorn_cmd(dockerfile: list[Instruction]) -> list[str]:
+    cmds = [args for keyword, args in dockerfile if keyword == "CMD"]
+    assert len(cmds) == 1
+    cmd = json.loads(cmds[0])  # exec form: uvicorn is PID 1 and receives SIGTERM itself
+    assert isinstance(cmd, list)
+    return [str(arg) for arg in cmd]
+
+
+def option(argv: list[str], name: str) -> str:
+    assert name in argv, argv
+    return argv[argv.index(name) + 1]
+
+
+def command_argv(service: Service) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(arg) for arg in command]
+
+
+def depends_on(service: Service) -> dict[str, str]:
+    """{dependency: condition}; the short (list) syntax means service_started."""
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def one_shot(services: dict[str, Service]) -> set[str]:
+    """Services something waits on to exit 0: jobs, not daemons."""
+    return {name for svc in services.values() for name, condition in depends_on(svc).items()
+            if condition == "service_completed_successfully"}
+
+
+def test_validate_compose_against_spec_schema(compose: dict[str, Any]) -> None:
+    if not COMPOSE_SCHEMA.is_file():
+        pytest.skip(f"the Compose Specification schema is not at {COMPOSE_SCHEMA}")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    Draft7Validator.check_schema(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in Draft7Validator(schema).iter_errors(compose)]
+    assert errors == []
+
+
+def test_validate_compose_with_docker_cli() -> None:
+    if not engine_available():
+        pytest.skip("no Docker engine answers `docker info`")
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    result = subprocess.run(["docker", "compose", "--project-directory", str(PROJECT_ROOT), "config", "--quiet"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_declare_healthcheck_and_restart_on_every_long_lived_service(services: dict[str, Service]) -> None:
+    jobs = one_shot(services)
+    assert jobs == {"nginx-config"}
+    daemons = {name: svc for name, svc in services.items() if name not in jobs}
+    assert {"redis", "nginx", *WEB_SERVICES} <= set(daemons)
+    for name, svc in daemons.items():
+        healthcheck = svc.get("healthcheck", {})
+        assert healthcheck.get("test"), name
+        assert not healthcheck.get("disable"), name
+        # `always` also restarts a container killed with SIGKILL, which is what the chaos test does.
+        assert svc.get("restart") == "always", name
+    for name in jobs:
+        assert services[name].get("restart") == "no", name
+
+
+def test_declare_web_services_identical_but_for_their_name(services: dict[str, Service]) -> None:
+    assert sorted(n for n in services if re.fullmatch(r"web\d+", n)) == WEB_SERVICES
+
+    def without_name(svc: Service) -> Service:
+        env = {k: v for k, v in svc["environment"].items() if k != "INSTANCE_NAME"}
+        return {**svc, "environment": env}
+
+    for name in WEB_SERVICES:
+        svc = services[name]
+        assert svc["environment"]["INSTANCE_NAME"] == name
+        assert without_name(svc) == without_name(services[WEB_SERVICES[0]]), name
+
+
+def test_declare_web_environment_pointing_at_compose_redis(services: dict[str, Service]) -> None:
+    env = services[WEB_SERVICES[0]]["environment"]
+    host = re.fullmatch(r"redis://([\w-]+):6379/\d+", env["REDIS_URL"])
+    assert host is not None
+    assert host.group(1) in services
+    assert depends_on(services[WEB_SERVICES[0]]) == {host.group(1): "service_healthy"}
+    # The crash button is opt-in (make up sets DEMO_CONTROLS=1); a plain `docker compose up` hides it.
+    assert env["DEMO_CONTROLS"] in ("0", "${DEMO_CONTROLS:-0}")
+
+
+def test_start_nginx_after_config_and_every_healthy_instance(services: dict[str, Service]) -> None:
+    assert depends_on(services["nginx"]) == {
+        "nginx-config": "service_completed_successfully",
+        **dict.fromkeys(WEB_SERVICES, "service_healthy"),
+    }
+    # nginx reads its config once: a re-rendered one must restart it.
+    assert services["nginx"]["depends_on"]["nginx-config"].get("restart") is True
+
+
+def test_publish_only_nginx_on_loopback(services: dict[str, Service]) -> None:
+    publishers = {name for name, svc in services.items() if svc.get("ports")}
+    assert publishers == {"nginx"}
+    for port in services["nginx"]["ports"]:
+        host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
+        assert host_ip == "127.0.0.1", port
+
+
+def test_enable_redis_append_only_fsync_every_second(services: dict[str, Service]) -> None:
+    argv = command_argv(services["redis"])
+    assert option(argv, "--appendonly") == "yes"
+    assert option(argv, "--appendfsync") == "everysec"
+    assert any(str(v).endswith(":/data") for v in services["redis"]["volumes"])
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "sticky"])
+def test_render_docker_upstreams_naming_web_services(balance: str, services: dict[str, Service],
+                                                     uvicorn_cmd: list[str]) -> None:
+    rendered = render_nginx_docker(balance=balance)
+    servers = re.findall(r"^\s*server\s+([\w-]+):(\d+)\b([^;]*);", rendered, re.M)
+    assert servers
+    assert {host for host, _, _ in servers} == set(WEB_SERVICES)
+    for host, port, flags in servers:
+        assert host in services
+        assert int(port) == APP_PORT == int(option(uvicorn_cmd, "--port")), host
+        # Without `resolve` nginx keeps a restarted container's old address.
+        assert "resolve" in flags.split(), host
+
+
+def test_render_docker_listen_matching_published_port(services: dict[str, Service]) -> None:
+    listen = re.findall(r"^\s*listen\s+[\d.]+:(\d+);", render_nginx_docker(), re.M)
+    container_ports = {str(p["target"]) if isinstance(p, dict) else str(p).rsplit(":", 1)[-1]
+                       for p in services["nginx"]["ports"]}
+    assert [int(p) for p in listen] == [8080]
+    assert container_ports == {"8080"}
+    assert "http://127.0.0.1:8080/" in " ".join(services["nginx"]["healthcheck"]["test"])
+
+
+def test_render_docker_config_where_nginx_reads_it(compose: dict[str, Any], services: dict[str, Service]) -> None:
+    script = command_argv(services["nginx-config"])[-1]
+    assert f"render-docker-nginx --instances {DOCKER_INSTANCES} " in script
+    conf = option(command_argv(services["nginx"]), "-c")
+    assert re.findall(r"mv \S+ (\S+)$", script) == [conf]
+
+    def mount_of(service: str, path: str) -> str:
+        for volume in services[service]["volumes"]:
+            source, target = str(volume).split(":")[:2]
+            if path.startswith(target.rstrip("/") + "/"):
+                return source
+        raise AssertionError(f"{service} mounts nothing at {path}")
+
+    assert mount_of("nginx-config", conf) == mount_of("nginx", conf)
+    assert mount_of("nginx", conf) in compose["volumes"]
+    static = re.search(r"alias (\S+)/;", render_nginx_docker())
+    assert static is not None
+    assert mount_of("nginx", f"{static.group(1)}/style.css") == "./app/static"
+
+
+def test_run_uvicorn_keepalive_longer_than_nginx(uvicorn_cmd: list[str]) -> None:
+    assert uvicorn_cmd[:2] == ["uvicorn", "app.main:create_app"]
+    assert "--factory" in uvicorn_cmd
+    assert int(option(uvicorn_cmd, "--timeout-keep-alive")) == APP_KEEPALIVE_S
+    timeouts = [int(s) for s in re.findall(r"^\s*keepalive_timeout (\d+)s;", render_nginx_docker(), re.M)]
+    assert timeouts
+    assert max(timeouts) < APP_KEEPALIVE_S
+
+
+def test_build_image_as_non_root(dockerfile: list[Instruction]) -> None:
+    users = [args for keyword, args in dockerfile if keyword == "USER"]
+    assert users
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_build_image_with_unbuffered_python(dockerfile: list[Instruction]) -> None:
+    env = dict(item.partition("=")[::2] for keyword, args in dockerfile if keyword == "ENV"
+               for item in shlex.split(args))
+    assert env.get("PYTHONUNBUFFERED") == "1"
+
+
+def test_build_image_with_healthcheck_tool_it_contains(dockerfile: list[Instruction]) -> None:
+    checks = [args for keyword, args in dockerfile if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    # python:*-slim has neither curl nor wget; python itself is the HTTP client.
+    assert dockerfile[0][0] == "FROM"
+    assert dockerfile[0][1].startswith("python:")
+    argv = json.loads(checks[0].partition("CMD ")[2])
+    assert argv[0] == "python"
+    assert f"http://127.0.0.1:{APP_PORT}/healthz" in argv[-1]
+    assert ("EXPOSE", str(APP_PORT)) in dockerfile
+
+
+def test_build_image_dependencies_before_source(dockerfile: list[Instruction]) -> None:
+    steps = [f"{keyword} {args}" for keyword, args in dockerfile]
+
+    def first(prefix: str) -> int:
+        return next(i for i, step in enumerate(steps) if step.startswith(prefix))
+
+    assert first("COPY requirements.lock") < first("RUN pip install") < first("COPY app/")
+    # farmctl/ and nginx/ are what the nginx-config service runs.
+    assert {"COPY app/ app/", "COPY farmctl/ farmctl/", "COPY nginx/ nginx/"} <= set(steps)
+
+
+def test_build_image_installing_locked_runtime_dependencies(dockerfile: list[Instruction]) -> None:
+    install = next(args for keyword, args in dockerfile if keyword == "RUN" and "pip install" in args)
+    assert "-c requirements.lock" in install
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\[<>=~! ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    installed = {name(arg) for arg in shlex.split(install.partition("pip install")[2]) if not arg.startswith("-")}
+    installed.discard("requirements.lock")
+    locked = {name(line) for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines() if line.strip()}
+    runtime = {name(dep) for dep in tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+               ["project"]["dependencies"]}
+    # `python -m farmctl` (the nginx-config service) imports farmctl.native, which imports supervisor.
+    assert runtime | {"supervisor"} <= installed
+    assert installed <= locked

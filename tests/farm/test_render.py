@@ -1,0 +1,116 @@
+"""The native nginx config: accepted by the real `nginx -t`, and still carrying the failover directives."""
+
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from farmctl.config import APP_KEEPALIVE_S, FarmConfig
+from farmctl.render import render_nginx_native, require_binary
+
+pytestmark = pytest.mark.parametrize("balance", ["round_robin", "sticky"])
+
+UPSTREAM_BLOCK = re.compile(r"^\s*upstream\s+(\S+)\s*\{(.*?)\}", re.M | re.S)
+SERVER_LINE = re.compile(r"^\s*server\s+127\.0\.0\.1:(\d+)\b([^;]*);", re.M)
+
+
+@pytest.fixture
+def config(balance: str, tmp_path: Path) -> FarmConfig:
+    # Four instances, not the default three: the render must follow the config, not a constant.
+    return FarmConfig(instances=4, balance=balance, state_dir=tmp_path)
+
+
+@pytest.fixture
+def rendered(config: FarmConfig) -> str:
+    return render_nginx_native(config)
+
+
+def nginx_test(text: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on `text`, with the state folders the config points at."""
+    try:
+        nginx = require_binary("nginx")
+    except FileNotFoundError:
+        pytest.skip("nginx is not installed (make test installs it)")
+    (state_dir / "logs").mkdir(exist_ok=True)
+    (state_dir / "nginx").mkdir(exist_ok=True)
+    conf = state_dir / "nginx.conf"
+    conf.write_text(text)
+    return subprocess.run([nginx, "-t", "-p", f"{state_dir}/nginx", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def upstreams(text: str) -> dict[str, str]:
+    blocks = dict(UPSTREAM_BLOCK.findall(text))
+    assert "webfarm" in blocks, text
+    return blocks
+
+
+def test_check_render_accepted_by_nginx(rendered: str, config: FarmConfig) -> None:
+    result = nginx_test(rendered, config.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@pytest.mark.parametrize(("broken", "message"), [
+    (lambda text: text.rstrip().removesuffix("}"), "unexpected end of file"),
+    (lambda text: text.replace("proxy_next_upstream error timeout;", "proxy_next_upstream error sometimes;"),
+     "invalid value"),
+], ids=["missing_brace", "bad_value"])
+def test_check_broken_render_rejected_by_nginx(rendered: str, config: FarmConfig,
+                                               broken: Callable[[str], str], message: str) -> None:
+    text = broken(rendered)
+    assert text != rendered
+    result = nginx_test(text, config.state_dir)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_render_failover_on_connection_errors_only(rendered: str) -> None:
+    lines = [line.strip() for line in rendered.splitlines() if line.strip().startswith("proxy_next_upstream ")]
+    assert lines == ["proxy_next_upstream error timeout;"]
+    assert not re.search(r"http_\d+|non_idempotent", lines[0])
+    assert re.search(r"^\s*proxy_next_upstream_tries \d+;", rendered, re.M)
+    assert re.search(r"^\s*proxy_next_upstream_timeout \d+s;", rendered, re.M)
+
+
+def test_render_every_instance_as_loopback_server(rendered: str, config: FarmConfig) -> None:
+    ports = {inst.port for inst in config.web}
+    for name, body in upstreams(rendered).items():
+        servers = SERVER_LINE.findall(body)
+        assert {int(port) for port, _ in servers} == ports, name
+        for _, flags in servers:
+            assert re.search(r"\bmax_fails=\d+\b", flags), flags
+            assert re.search(r"\bfail_timeout=\d+s\b", flags), flags
+
+
+def test_render_sticky_upstreams_pinned_to_their_instance(rendered: str, config: FarmConfig) -> None:
+    blocks = upstreams(rendered)
+    if config.balance != "sticky":
+        assert set(blocks) == {"webfarm"}
+        assert "$cookie_webfarm_route" not in rendered
+        return
+    for inst in config.web:
+        servers = SERVER_LINE.findall(blocks[f"sticky_{inst.name}"])
+        primaries = [int(port) for port, flags in servers if "backup" not in flags.split()]
+        assert primaries == [inst.port]
+        assert f"{inst.name} sticky_{inst.name};" in rendered
+
+
+def test_render_upstream_keepalive_shorter_than_uvicorn(rendered: str) -> None:
+    for name, body in upstreams(rendered).items():
+        timeouts = [int(s) for s in re.findall(r"^\s*keepalive_timeout (\d+)s;", body, re.M)]
+        assert len(timeouts) == 1, name
+        assert timeouts[0] < APP_KEEPALIVE_S, name
+
+
+def test_render_request_bodies_buffered_and_limited(rendered: str) -> None:
+    assert re.search(r"^\s*proxy_request_buffering on;", rendered, re.M)
+    assert re.search(r"^\s*client_max_body_size \d+[km]?;", rendered, re.M)
+
+
+def test_render_version_hidden_and_request_id_passed(rendered: str) -> None:
+    assert re.search(r"^\s*server_tokens off;", rendered, re.M)
+    assert re.search(r"^\s*proxy_set_header X-Request-ID \$request_id;", rendered, re.M)
+    assert re.search(r"^\s*add_header X-Request-ID \$request_id always;", rendered, re.M)

@@ -1,0 +1,35 @@
+"""Short real load tests with chaos: Redis sessions must PASS, in-process sessions must FAIL -
+the proof that the check can fail."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest.run import LoadSpec, run_scenario
+from tests.conftest import FarmFactory
+
+pytestmark = pytest.mark.loadtest
+
+SHORT = LoadSpec(users=6, duration="20s", kill_every_s=5, spawn_rate=6)
+
+
+def test_redis_sessions_survive_repeated_kills(farm_factory: FarmFactory, tmp_path: Path) -> None:
+    farm = farm_factory(3, start=False)
+    summary = run_scenario(farm.config, SHORT, tmp_path, "native")
+    assert summary["verdict"] == "PASS", summary
+    assert summary["kills"] >= 3
+    assert summary["returns"] == summary["kills"]
+    assert summary["sessions_lost"] == summary["mixups"] == summary["lost_updates"] == 0
+    assert summary["requests"] > 100
+    assert set(summary["per_instance"]) == {"web1", "web2", "web3"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "timeline.png").stat().st_size > 10_000
+    assert (tmp_path / "report.html").exists()
+
+
+def test_in_process_sessions_fail_the_same_run(farm_factory: FarmFactory, tmp_path: Path) -> None:
+    farm = farm_factory(3, start=False, session_backend="memory")
+    summary = run_scenario(farm.config, SHORT, tmp_path, "native")
+    assert summary["verdict"] == "FAIL"
+    assert summary["sessions_lost"] > 10
