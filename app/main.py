@@ -54,13 +54,17 @@ def make_session_store(settings: Settings, redis: Redis) -> SessionStore:
 
 
 async def ensure_demo_user(users: UserStore, settings: Settings) -> None:
+    """Create the demo account once Redis answers (it may start after the instances do)."""
     if not settings.demo_user:
         return
-    try:
-        if await users.create(settings.demo_user, settings.demo_password):
-            log.info("created demo user %r", settings.demo_user)
-    except RedisError as exc:
-        log.warning("could not create the demo user yet (%s); the next start will", exc)
+    while True:
+        try:
+            if await users.create(settings.demo_user, settings.demo_password):
+                log.info("created demo user %r", settings.demo_user)
+            return
+        except RedisError as exc:
+            log.warning("demo user not created yet, retrying: %s", exc)
+            await asyncio.sleep(1)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,14 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ensure_demo_user(app.state.users, settings)
-        task = asyncio.create_task(presence.run())
+        tasks = [asyncio.create_task(presence.run()),
+                 asyncio.create_task(ensure_demo_user(app.state.users, settings))]
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             await redis.aclose()
 
     app = FastAPI(title="webfarm", version="1.0.0", lifespan=lifespan)

@@ -29,7 +29,8 @@ class Outcome(StrEnum):
 #: Outcomes that make the run FAIL: the guarantees of a shared session store.
 BROKEN_PROMISES = (Outcome.SESSION_LOST, Outcome.MIXUP, Outcome.LOST_UPDATE, Outcome.PHANTOM_UPDATE)
 
-#: A request "was in flight at a kill" if it started no later than this after the kill was sent.
+#: A request "was in flight at a kill" if it ended after the kill was sent and started no later
+#: than this after the supervisor confirmed it.
 KILL_SLACK_S = 0.2
 
 
@@ -62,7 +63,7 @@ class Ledger:
     kills: list[KillRecord] = field(default_factory=list)
 
     def in_flight_at_kill(self, start: float, end: float) -> bool:
-        return any(start <= k.sent_at + KILL_SLACK_S and end >= k.at for k in self.kills)
+        return any(start <= k.at + KILL_SLACK_S and end >= k.sent_at for k in self.kills)
 
     def classify_error(self, method: str, start: float, end: float, served_by: str) -> Outcome:
         """A 5xx or broken connection: indeterminate if it was a POST cut off by a kill.
