@@ -1,9 +1,10 @@
 """The JSON API: register, log in and out, who am I, and a cart kept in the session."""
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from app.config import Settings
 from app.deps import (
@@ -13,15 +14,33 @@ from app.deps import (
     SessionToken,
     SettingsDep,
     StoreDep,
+    ThrottleDep,
     UsersDep,
+    client_address,
+    cookie_name,
+    raw_token,
+    same_origin,
 )
-from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, UserOut
+from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, PasswordChange, UserOut
 from app.sessions import Session, SessionStore
+from app.throttle import LoginThrottle
+from app.users import UserStore
 
-STORE_DOWN: dict[int | str, dict[str, Any]] = {503: {"model": Detail, "description": "Session store unavailable"}}
-NEEDS_SESSION: dict[int | str, dict[str, Any]] = {401: {"model": Detail, "description": "Not signed in"}, **STORE_DOWN}
+log = logging.getLogger("webfarm")
+
+Responses = dict[int | str, dict[str, Any]]
+STORE_DOWN: Responses = {503: {"model": Detail, "description": "Session store unavailable"}}
+NEEDS_SESSION: Responses = {401: {"model": Detail, "description": "Not signed in"}, **STORE_DOWN}
+BODY_CHECKS: Responses = {
+    400: {"model": Detail, "description": "The body could not be read (e.g. not UTF-8)"},
+    403: {"model": Detail, "description": "Cross-site request refused"},
+}
+THROTTLED: Responses = {429: {"model": Detail, "description": "Too many failed logins; see Retry-After"}}
 
 router = APIRouter()
+# Every state-changing API call refuses what a browser marks as cross-site (CSRF).
+state_changing = APIRouter(dependencies=[Depends(same_origin)], responses=BODY_CHECKS)
+_warned_plain_http = False
 
 
 @router.get("/healthz", response_model=Health, tags=["ops"])
@@ -37,8 +56,8 @@ async def readyz(request: Request, settings: SettingsDep) -> Health:
     return Health(status="ready", instance=settings.instance_name)
 
 
-@router.post("/api/register", status_code=201, response_model=UserOut, tags=["auth"],
-             responses={409: {"model": Detail, "description": "Username taken"}, **STORE_DOWN})
+@state_changing.post("/api/register", status_code=201, response_model=UserOut, tags=["auth"],
+                     responses={409: {"model": Detail, "description": "Username taken"}, **STORE_DOWN})
 async def register(body: Credentials, users: UsersDep) -> UserOut:
     if not await users.create(body.username, body.password):
         raise HTTPException(status.HTTP_409_CONFLICT, "username already taken")
@@ -48,33 +67,77 @@ async def register(body: Credentials, users: UsersDep) -> UserOut:
 async def start_session(request: Request, response: Response, username: str,
                         store: SessionStore, settings: Settings) -> Session:
     """Sign in: a fresh token every time, so a cookie planted before login is worth nothing."""
-    old = request.cookies.get(settings.session_cookie)
+    global _warned_plain_http
+    old = raw_token(request, settings)
     if old:
         await store.delete(old)
     token, session = await store.create(username, settings.instance_name)
-    response.set_cookie(settings.session_cookie, token, httponly=True, samesite="lax", path="/",
-                        secure=request.headers.get("x-forwarded-proto") == "https")
+    secure = request.url.scheme == "https"
+    if not secure and not _warned_plain_http:
+        _warned_plain_http = True
+        log.warning("plain HTTP: session cookies go out without Secure (fine on loopback; use HTTPS elsewhere)")
+    response.set_cookie(cookie_name(request, settings), token, httponly=True, samesite="lax", path="/",
+                        secure=secure)
     return session
 
 
-@router.post("/api/login", response_model=UserOut, tags=["auth"],
-             responses={401: {"model": Detail, "description": "Wrong credentials"}, **STORE_DOWN})
-async def login(body: Credentials, request: Request, response: Response,
-                users: UsersDep, store: StoreDep, settings: SettingsDep) -> UserOut:
-    if not await users.authenticate(body.username, body.password):
+async def verify_password(request: Request, username: str, password: str,
+                          users: UserStore, throttle: LoginThrottle) -> None:
+    """Check a password under the brute-force throttle: 429 while blocked, 401 when wrong."""
+    address = client_address(request)
+    verdict = await throttle.check(username, address)
+    if not verdict.allowed:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins, try again later",
+                            headers={"Retry-After": str(verdict.retry_after_s)})
+    if not await users.authenticate(username, password):
+        await throttle.failed(username, address)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
+    await throttle.succeeded(username, address)
+
+
+@state_changing.post("/api/login", response_model=UserOut, tags=["auth"],
+                     responses={401: {"model": Detail, "description": "Wrong credentials"}, **THROTTLED,
+                                **STORE_DOWN})
+async def login(body: Credentials, request: Request, response: Response, users: UsersDep, store: StoreDep,
+                throttle: ThrottleDep, settings: SettingsDep) -> UserOut:
+    await verify_password(request, body.username, body.password, users, throttle)
     await start_session(request, response, body.username, store, settings)
     return UserOut(username=body.username)
 
 
-@router.post("/api/logout", status_code=204, tags=["auth"], responses=STORE_DOWN)
+def end_session_response(request: Request, settings: Settings) -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(cookie_name(request, settings), path="/", httponly=True, samesite="lax",
+                           secure=request.url.scheme == "https")
+    return response
+
+
+@state_changing.post("/api/logout", status_code=204, tags=["auth"], responses=STORE_DOWN)
 async def logout(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
-    token = request.cookies.get(settings.session_cookie)
+    token = raw_token(request, settings)
     if token:
         await store.delete(token)
-    response = Response(status_code=204)
-    response.delete_cookie(settings.session_cookie, path="/", httponly=True, samesite="lax")
-    return response
+    return end_session_response(request, settings)
+
+
+@state_changing.post("/api/logout/everywhere", status_code=204, tags=["auth"], responses=NEEDS_SESSION)
+async def logout_everywhere(request: Request, session: CurrentSession, store: StoreDep,
+                            settings: SettingsDep) -> Response:
+    """End every session of this user, on every instance and every device."""
+    await store.delete_user(session.username)
+    return end_session_response(request, settings)
+
+
+@state_changing.post("/api/password", response_model=UserOut, tags=["auth"],
+                     responses={**NEEDS_SESSION, **THROTTLED})
+async def change_password(body: PasswordChange, request: Request, response: Response, session: CurrentSession,
+                          users: UsersDep, store: StoreDep, throttle: ThrottleDep, settings: SettingsDep) -> UserOut:
+    """Change the password: every other session of the user ends, this one gets a new id."""
+    await verify_password(request, session.username, body.current_password, users, throttle)
+    await users.set_password(session.username, body.new_password)
+    await store.delete_user(session.username)
+    await start_session(request, response, session.username, store, settings)
+    return UserOut(username=session.username)
 
 
 @router.get("/api/me", response_model=Me, responses=NEEDS_SESSION, tags=["session"])
@@ -93,7 +156,7 @@ async def get_cart(session: CurrentSession) -> Cart:
     return Cart(items=session.cart)
 
 
-@router.post("/api/cart/items", response_model=Cart, responses=NEEDS_SESSION, tags=["session"])
+@state_changing.post("/api/cart/items", response_model=Cart, responses=NEEDS_SESSION, tags=["session"])
 async def add_to_cart(item: CartItem, token: SessionToken, store: StoreDep) -> Cart:
     """Atomic: concurrent adds through different instances all count."""
     session = await store.touch(token, add_item=(item.sku, item.qty))

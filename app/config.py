@@ -16,7 +16,7 @@ class SessionBackend(StrEnum):
 class Settings(BaseSettings):
     """Every knob of an instance. Each field maps to the upper-case environment variable."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     instance_name: str = Field("web1", description="Shown in X-Served-By and in session records.")
     redis_url: str = Field("redis://127.0.0.1:6380/0", description="The shared session store.")
@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     session_cookie: str = Field("webfarm_session", description="Name of the session cookie.")
     session_idle_timeout_s: int = Field(30 * 60, gt=0, description="Sliding idle expiry.")
     session_absolute_timeout_s: int = Field(8 * 3600, gt=0, description="Hard cap since login.")
+
+    login_max_failures_per_account: int = Field(5, ge=1, description="Then 429 until the window ends.")
+    login_max_failures_per_address: int = Field(100, ge=1, description="Per client IP, all accounts.")
+    login_failure_window_s: int = Field(15 * 60, ge=1)
 
     demo_user: str | None = Field("demo", description="Created at start-up; empty disables it.")
     demo_password: str = Field("demo-password", min_length=8)

@@ -11,6 +11,7 @@ import secrets
 from fastapi import Request, Response
 
 from app.config import Settings
+from app.deps import raw_token
 
 PRE_SESSION_COOKIE = "webfarm_csrf"
 
@@ -21,7 +22,7 @@ def _sign(settings: Settings, basis: str) -> str:
 
 def issue(request: Request, settings: Settings, new_session: str | None = None) -> tuple[str, str | None]:
     """A token for the forms of this page, and a pre-session cookie value to set if one is needed."""
-    basis = new_session or request.cookies.get(settings.session_cookie) or request.cookies.get(PRE_SESSION_COOKIE)
+    basis = new_session or raw_token(request, settings) or request.cookies.get(PRE_SESSION_COOKIE)
     if basis:
         return _sign(settings, basis), None
     fresh = secrets.token_urlsafe(32)
@@ -30,9 +31,9 @@ def issue(request: Request, settings: Settings, new_session: str | None = None) 
 
 def set_pre_session_cookie(request: Request, response: Response, value: str) -> None:
     response.set_cookie(PRE_SESSION_COOKIE, value, httponly=True, samesite="strict", path="/",
-                        secure=request.headers.get("x-forwarded-proto") == "https")
+                        secure=request.url.scheme == "https")
 
 
 def is_valid(request: Request, settings: Settings, token: str) -> bool:
-    bases = [request.cookies.get(settings.session_cookie), request.cookies.get(PRE_SESSION_COOKIE)]
+    bases = [raw_token(request, settings), request.cookies.get(PRE_SESSION_COOKIE)]
     return any(basis and hmac.compare_digest(_sign(settings, basis), token) for basis in bases)

@@ -7,19 +7,21 @@ from contextlib import asynccontextmanager, suppress
 
 from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from app import api, pages
 from app.config import SessionBackend, Settings, get_settings
 from app.middleware import ServedByMiddleware
 from app.presence import Presence
 from app.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from app.throttle import LoginThrottle
 from app.users import UserStore
 
 log = logging.getLogger("webfarm")
@@ -94,9 +96,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis, settings.key_prefix,
         PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib),
     )
+    app.state.throttle = LoginThrottle(
+        redis, settings.key_prefix, settings.login_max_failures_per_account,
+        settings.login_max_failures_per_address, settings.login_failure_window_s,
+    )
     app.include_router(api.router)
+    app.include_router(api.state_changing)
     app.include_router(pages.router)
     app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=presence)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the offending input back; for a login that is the password.
+        errors = [{"type": e["type"], "loc": list(e["loc"]),
+                   "msg": f"{e['msg']}: {e['ctx']['error']}" if e["type"] == "json_invalid" else e["msg"]}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(RedisError)
     async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:

@@ -2,7 +2,9 @@
 
 import asyncio
 import os
+import re
 import signal
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,8 +15,8 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from app import csrf
-from app.api import start_session
-from app.deps import MaybeSession, SettingsDep, StoreDep, UsersDep
+from app.api import end_session_response, start_session, verify_password
+from app.deps import MaybeSession, SettingsDep, StoreDep, ThrottleDep, UsersDep, raw_token
 from app.schemas import CartItem, Credentials
 
 router = APIRouter(include_in_schema=False)
@@ -22,14 +24,16 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["clock"] = lambda ts: datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S UTC")
 
 CsrfField = Annotated[str, Form(alias="csrf_token")]
+INSTANCE_NAME_RE = re.compile(r"[a-z0-9-]{1,32}")
 
 
-def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+def render(request: Request, template: str, status_code: int = 200, headers: Mapping[str, str] | None = None,
+           **context: Any) -> HTMLResponse:
     settings = request.app.state.settings
     token, pre_session = csrf.issue(request, settings)
     response = templates.TemplateResponse(
         request, template, {"csrf_token": token, "served_by": settings.instance_name, **context},
-        status_code=status_code, headers={"Cache-Control": "no-store"},
+        status_code=status_code, headers={"Cache-Control": "no-store", **(headers or {})},
     )
     if pre_session:
         csrf.set_pre_session_cookie(request, response, pre_session)
@@ -62,13 +66,15 @@ async def register_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-async def login_form(request: Request, users: UsersDep, store: StoreDep, settings: SettingsDep,
-                     csrf_token: CsrfField, username: Annotated[str, Form()] = "",
+async def login_form(request: Request, users: UsersDep, store: StoreDep, throttle: ThrottleDep,
+                     settings: SettingsDep, csrf_token: CsrfField, username: Annotated[str, Form()] = "",
                      password: Annotated[str, Form()] = "") -> Response:
     require_csrf(request, csrf_token)
-    if not await users.authenticate(username, password):
-        return render(request, "login.html", status.HTTP_401_UNAUTHORIZED, mode="login", username=username,
-                      errors={"password": "wrong username or password"})
+    try:
+        await verify_password(request, username, password, users, throttle)
+    except HTTPException as refused:
+        return render(request, "login.html", refused.status_code, mode="login", username=username,
+                      errors={"password": refused.detail}, headers=refused.headers)
     response = RedirectResponse("/dashboard", status.HTTP_303_SEE_OTHER)
     await start_session(request, response, username, store, settings)
     return response
@@ -96,8 +102,10 @@ async def register_form(request: Request, users: UsersDep, store: StoreDep, sett
 async def dashboard(request: Request, session: MaybeSession, settings: SettingsDep) -> Response:
     if session is None:
         return RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
+    crashed = request.query_params.get("crashed", "")
     return render(request, "dashboard.html", session=session, demo_controls=settings.demo_controls,
-                  error=request.query_params.get("error"))
+                  error=request.query_params.get("error"),
+                  crashed=crashed if INSTANCE_NAME_RE.fullmatch(crashed) else None)
 
 
 @router.post("/cart")
@@ -108,17 +116,17 @@ async def add_to_cart_form(request: Request, store: StoreDep, settings: Settings
         item = CartItem(sku=sku, qty=qty)
     except ValidationError:
         return RedirectResponse("/dashboard?error=item", status.HTTP_303_SEE_OTHER)
-    token = request.cookies.get(settings.session_cookie, "")
-    session = await store.touch(token, add_item=(item.sku, item.qty))
+    session = await store.touch(raw_token(request, settings), add_item=(item.sku, item.qty))
     return RedirectResponse("/dashboard" if session else "/login", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/logout")
 async def logout_form(request: Request, store: StoreDep, settings: SettingsDep, csrf_token: CsrfField) -> Response:
     require_csrf(request, csrf_token)
-    await store.delete(request.cookies.get(settings.session_cookie, ""))
-    response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
-    response.delete_cookie(settings.session_cookie, path="/", httponly=True, samesite="lax")
+    await store.delete(raw_token(request, settings))
+    response = end_session_response(request, settings)
+    response.status_code = status.HTTP_303_SEE_OTHER
+    response.headers["Location"] = "/login"
     return response
 
 

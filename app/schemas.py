@@ -56,3 +56,10 @@ class FarmOut(BaseModel):
     session_backend: str
     live_sessions: int
     instances: list[InstanceOut]
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=128)
+    new_password: str = Field(min_length=8, max_length=128)

@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         farm = open_farm(FarmConfig.from_env(), args.runtime)
         if args.command == "up":
             farm.up()
+            https = f" (HTTPS, self-signed: {farm.config.https_url})" if farm.config.https_url else ""
             print(f"webfarm is up ({farm.name} runtime, {farm.config.instances} instances): "
-                  f"{farm.config.balancer_url}")
+                  f"{farm.config.balancer_url}{https}")
         elif args.command == "down":
             farm.down()
             print("webfarm is down")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+#: nginx connects to the instances from this loopback address; only it may set X-Forwarded-*.
+PROXY_SOURCE = "127.0.0.2"
 #: uvicorn keeps idle connections longer than nginx does (see nginx/nginx.conf.j2).
 APP_KEEPALIVE_S = 75
 NGINX_KEEPALIVE_S = 60
@@ -33,6 +35,7 @@ class FarmConfig:
 
     instances: int = 3
     http_port: int = 8080
+    https_port: int = 8443  # 0: no HTTPS
     base_port: int = 8001
     redis_port: int = 6380
     session_backend: str = "redis"
@@ -58,6 +61,7 @@ class FarmConfig:
         casts: list[tuple[str, str, Callable[[str], object]]] = [
             ("instances", "N", int),
             ("http_port", "HTTP_PORT", int),
+            ("https_port", "HTTPS_PORT", int),
             ("base_port", "BASE_PORT", int),
             ("redis_port", "REDIS_PORT", int),
             ("session_backend", "SESSION_BACKEND", str),
@@ -84,5 +88,10 @@ class FarmConfig:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
+    def https_url(self) -> str | None:
+        return f"https://127.0.0.1:{self.https_port}" if self.https_port else None
+
+    @property
     def ports(self) -> list[int]:
-        return [self.http_port, self.redis_port, *(i.port for i in self.web)]
+        https = [self.https_port] if self.https_port else []
+        return [self.http_port, *https, self.redis_port, *(i.port for i in self.web)]

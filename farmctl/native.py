@@ -3,6 +3,8 @@
 supervisord is the process supervisor (it restarts whatever dies); this module only renders
 its config, starts it, and talks to it over its XML-RPC socket."""
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -66,9 +68,33 @@ class NativeFarm:
             return False
 
     # -- lifecycle -------------------------------------------------------------------------
+    def ensure_certificate(self) -> None:
+        """A self-signed certificate for the HTTPS listener, made once (TLS_CERT/TLS_KEY to bring your own)."""
+        tls = self.state_dir / "tls"
+        tls.mkdir(parents=True, exist_ok=True)
+        cert, key = tls / "cert.pem", tls / "key.pem"
+        own_cert, own_key = os.environ.get("TLS_CERT"), os.environ.get("TLS_KEY")
+        if own_cert and own_key:
+            shutil.copyfile(own_cert, cert)
+            shutil.copyfile(own_key, key)
+        if cert.exists() and key.exists():
+            return
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise FarmError("openssl is needed to make the demo's self-signed certificate (apt-get install openssl), "
+                            "or set HTTPS_PORT=0")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )
+        key.chmod(0o600)
+
     def _write_configs(self) -> None:
         for sub in ("logs", "redis", "nginx"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.config.https_port:
+            self.ensure_certificate()
         try:
             supervisord_conf = render_supervisord(self.config, sys.executable)
         except FileNotFoundError as missing:

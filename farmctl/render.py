@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from farmctl.config import APP_KEEPALIVE_S, NGINX_KEEPALIVE_S, PROJECT_ROOT, FarmConfig, Instance
+from farmctl.config import APP_KEEPALIVE_S, NGINX_KEEPALIVE_S, PROJECT_ROOT, PROXY_SOURCE, FarmConfig, Instance
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
 DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
@@ -35,6 +35,10 @@ def render_nginx_native(config: FarmConfig) -> str:
         balance=config.balance,
         listen_host="127.0.0.1",
         http_port=config.http_port,
+        https_port=config.https_port,
+        tls_cert=config.state_dir / "tls" / "cert.pem",
+        tls_key=config.state_dir / "tls" / "key.pem",
+        proxy_source=PROXY_SOURCE,
         state_dir=config.state_dir,
         static_dir=PROJECT_ROOT / "app" / "static",
         # nginx started by root drops its workers to `nobody`, who cannot read a private state dir.
@@ -51,6 +55,7 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
         balance=balance,
         listen_host="0.0.0.0",
         http_port=8080,
+        https_port=None,
         static_dir="/srv/static",
         **_nginx_common(),
     )
@@ -83,5 +88,6 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         redis_port=config.redis_port,
         instances=config.web,
         app_keepalive_s=APP_KEEPALIVE_S,
+        proxy_source=PROXY_SOURCE,
         env=lambda inst: instance_env(config, inst),
     )

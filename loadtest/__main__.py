@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         summaries = {}
         for name, (backend, balance) in SCENARIOS.items():
             slug = name.replace(" + ", "-").replace(" ", "")
-            base = free_block(instances + 2)
-            config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, base_port=base + 2,
+            base = free_block(instances + 3)
+            config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
+                                base_port=base + 3,
                                 session_backend=backend, balance=balance,
                                 state_dir=PROJECT_ROOT / ".farm" / f"compare-{slug}")
             farm = NativeFarm(config)

@@ -56,8 +56,9 @@ def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFacto
     started: list[NativeFarm] = []
 
     def start(instances: int = 3, start: bool = True, **options: object) -> NativeFarm:
-        base = free_port_block(instances + 2)
-        config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, base_port=base + 2,
+        base = free_port_block(instances + 3)
+        config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
+                            base_port=base + 3,
                             state_dir=Path(tmp_path_factory.mktemp("farm")), **options)  # type: ignore[arg-type]
         farm = NativeFarm(config)
         started.append(farm)

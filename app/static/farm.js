@@ -19,7 +19,7 @@ async function refreshFarm() {
     document.querySelector("#farm tbody").replaceChildren(...rows);
     document.getElementById("live-sessions").textContent = farm.live_sessions;
     document.getElementById("panel-served-by").textContent = farm.served_by;
-    document.getElementById("farm-updated").textContent = "updated " + new Date().toLocaleTimeString();
+    document.getElementById("farm-updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
   } catch (err) {
     document.getElementById("farm-updated").textContent = "farm unreachable (" + err.message + ")";
   }

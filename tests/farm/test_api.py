@@ -72,11 +72,17 @@ def test_register_invalid_input_is_422_and_stores_nothing(api: httpx.Client, bod
         assert login.status_code in (401, 422)
 
 
-@pytest.mark.parametrize("raw", [b"{", b"not json", b'{"username": "alice", "password": ', b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [b"{", b"not json", b'{"username": "alice", "password": ', b"[1, 2"])
 def test_malformed_json_is_422_with_a_readable_message(api: httpx.Client, raw: bytes) -> None:
     response = api.post("/api/login", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert "JSON" in response.text
+    assert "JSON decode error: " in response.json()["detail"][0]["msg"]
+
+
+def test_body_that_is_not_utf8_is_a_400(api: httpx.Client) -> None:
+    response = api.post("/api/login", content=b"\xff\xfe\x00", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["detail"]
 
 
 def test_wrong_password_and_unknown_user_get_the_same_401(api: httpx.Client) -> None:
@@ -135,3 +141,41 @@ def test_requests_through_balancer_get_a_request_id(api: httpx.Client) -> None:
     first, second = api.get("/healthz"), api.get("/healthz")
     assert len(first.headers["x-request-id"]) == 32
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_an_8kb_cookie_is_a_json_400_from_the_balancer(farm: NativeFarm) -> None:
+    response = httpx.get(f"{farm.config.balancer_url}/api/me", headers={"cookie": "webfarm_session=" + "a" * 9000})
+    assert response.status_code == 400
+    assert "too large" in response.json()["detail"]
+
+
+def test_duplicate_session_cookies_are_refused_never_500(farm: NativeFarm) -> None:
+    with signed_in(farm.config.balancer_url) as client:
+        good = client.cookies["webfarm_session"]
+    for header in (f"webfarm_session={good}; webfarm_session=garbage",
+                   f"webfarm_session=garbage; webfarm_session={'B' * 43}"):
+        response = httpx.get(f"{farm.config.balancer_url}/api/me", headers={"cookie": header})
+        assert response.status_code == 401
+        assert response.json() == {"detail": "not signed in"}
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                          "application/xml"])
+def test_wrong_content_type_is_422_and_stores_nothing(api: httpx.Client, content_type: str) -> None:
+    username = new_username()
+    body = f'{{"username": "{username}", "password": "{PASSWORD}"}}'
+    response = api.post("/api/register", content=body, headers={"content-type": content_type})
+    assert response.status_code == 422
+    assert api.post("/api/login", json={"username": username, "password": PASSWORD}).status_code == 401
+
+
+def test_large_json_under_the_body_limit_is_422(api: httpx.Client) -> None:
+    response = api.post("/api/register", json={"username": "a" * 30_000, "password": PASSWORD})
+    assert response.status_code == 422
+
+
+def test_validation_errors_do_not_echo_the_password(api: httpx.Client) -> None:
+    secret = "hunter2-but-longer-than-8"
+    response = api.post("/api/register", json={"username": "X", "password": secret})
+    assert response.status_code == 422
+    assert secret not in response.text

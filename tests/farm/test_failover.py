@@ -122,3 +122,19 @@ def test_redis_outage_is_a_503_and_the_farm_recovers_by_itself(farm: NativeFarm)
             time.sleep(0.1)
         assert recovered is not None, "the farm did not recover within 10 s of Redis returning"
         assert client.get("/api/me").json()["requests_in_session"] >= 1
+
+
+def test_redis_restart_costs_no_request_after_it_is_back(farm: NativeFarm) -> None:
+    """Pooled connections to the old Redis process are dead; the retry policy must reconnect
+    them transparently instead of failing the first request on each (it did, once)."""
+    with signed_in(farm.config.balancer_url) as owner:
+        cookies = httpx.Cookies(owner.cookies)
+    clients = [with_cookie(inst.url, cookies) for inst in farm.config.web]
+    with ThreadPoolExecutor(24) as pool:  # fill every instance's pool with several connections
+        list(pool.map(lambda i: clients[i % 3].get("/api/me").status_code, range(120)))
+        farm.stop("redis")
+        farm.start("redis")
+        codes = Counter(pool.map(lambda i: clients[i % 3].get("/api/me").status_code, range(120)))
+    assert codes == {200: 120}
+    for client in clients:
+        client.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from farmctl.config import APP_KEEPALIVE_S, FarmConfig
+from farmctl.native import NativeFarm
 from farmctl.render import render_nginx_native, require_binary
 
 pytestmark = pytest.mark.parametrize("balance", ["round_robin", "sticky"])
@@ -19,7 +20,10 @@ SERVER_LINE = re.compile(r"^\s*server\s+127\.0\.0\.1:(\d+)\b([^;]*);", re.M)
 @pytest.fixture
 def config(balance: str, tmp_path: Path) -> FarmConfig:
     # Four instances, not the default three: the render must follow the config, not a constant.
-    return FarmConfig(instances=4, balance=balance, state_dir=tmp_path)
+    # HTTPS is on, as with `make up`; its self-signed certificate is made the way `make up` makes it.
+    config = FarmConfig(instances=4, balance=balance, state_dir=tmp_path)
+    NativeFarm(config).ensure_certificate()
+    return config
 
 
 @pytest.fixture
@@ -69,7 +73,7 @@ def test_check_broken_render_rejected_by_nginx(rendered: str, config: FarmConfig
 
 def test_render_failover_on_connection_errors_only(rendered: str) -> None:
     lines = [line.strip() for line in rendered.splitlines() if line.strip().startswith("proxy_next_upstream ")]
-    assert lines == ["proxy_next_upstream error timeout;"]
+    assert lines == ["proxy_next_upstream error timeout;"] * 2  # the HTTP and the HTTPS server
     assert not re.search(r"http_\d+|non_idempotent", lines[0])
     assert re.search(r"^\s*proxy_next_upstream_tries \d+;", rendered, re.M)
     assert re.search(r"^\s*proxy_next_upstream_timeout \d+s;", rendered, re.M)
@@ -108,6 +112,19 @@ def test_render_upstream_keepalive_shorter_than_uvicorn(rendered: str) -> None:
 def test_render_request_bodies_buffered_and_limited(rendered: str) -> None:
     assert re.search(r"^\s*proxy_request_buffering on;", rendered, re.M)
     assert re.search(r"^\s*client_max_body_size \d+[km]?;", rendered, re.M)
+
+
+def test_render_https_server_with_hsts_only_there(rendered: str, config: FarmConfig) -> None:
+    http, https = rendered.split(f"listen 127.0.0.1:{config.https_port} ssl;")
+    assert "Strict-Transport-Security" in https
+    assert "Strict-Transport-Security" not in http
+    assert f"ssl_certificate {config.state_dir}/tls/cert.pem;" in https
+
+
+def test_render_forwarded_for_replaced_and_sent_from_the_trusted_address(rendered: str) -> None:
+    assert "$proxy_add_x_forwarded_for" not in rendered
+    assert re.search(r"^\s*proxy_set_header X-Forwarded-For \$remote_addr;", rendered, re.M)
+    assert re.search(r"^\s*proxy_bind 127\.0\.0\.2;", rendered, re.M)
 
 
 def test_render_version_hidden_and_request_id_passed(rendered: str) -> None:
