@@ -7,7 +7,7 @@ export N RUNTIME HTTP_PORT BASE_PORT REDIS_PORT SESSION_BACKEND BALANCE DEMO_CON
 export USERS DURATION KILL_EVERY
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status logs test lint loadtest compare clean prereqs
+.PHONY: help up down status logs test lint loadtest compare clean prereqs roll scale redis-restart
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,16 @@ up: prereqs $(VENV)/.installed ## start the farm (N=3, DEMO_CONTROLS=1 for the c
 
 down: $(VENV)/.installed ## stop the farm and free its ports
 	@$(PY) -m farmctl down
+
+roll: $(VENV)/.installed ## restart every instance one by one, without failing a request
+	@$(PY) -m farmctl roll
+
+scale: $(VENV)/.installed ## change the number of instances (make scale N=5) without dropping requests
+	@test -n "$(N)" || { echo "usage: make scale N=5"; exit 1; }
+	@DEMO_CONTROLS=$${DEMO_CONTROLS:-1} $(PY) -m farmctl up
+
+redis-restart: $(VENV)/.installed ## restart Redis (sessions survive: AOF, fsync every second)
+	@$(PY) -m farmctl restart redis
 
 status: $(VENV)/.installed ## each process: name, port, pid, up/down
 	@$(PY) -m farmctl status

@@ -5,7 +5,7 @@ import os
 import sys
 
 from farmctl.config import FarmConfig
-from farmctl.native import FarmError, as_rows
+from farmctl.native import FarmError, NativeFarm, as_rows
 from farmctl.render import render_nginx_docker
 from farmctl.runtime import open_farm
 
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="each process: name, port, pid, up/down")
     logs = sub.add_parser("logs", help="follow the logs")
     logs.add_argument("names", nargs="*")
+    sub.add_parser("roll", help="restart every instance, one by one, without failing a request (native)")
+    restart = sub.add_parser("restart", help="restart one process through the supervisor (e.g. redis)")
+    restart.add_argument("name")
     kill = sub.add_parser("kill", help="send a signal to one process through the supervisor")
     kill.add_argument("name")
     kill.add_argument("--signal", default="KILL")
@@ -50,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             if farm.name == "docker":
                 os.execvp("docker", ["docker", "compose", "logs", "--follow", *args.names])
             os.execvp("tail", ["tail", "-n", "20", "-F", *(farm.log_path(n) for n in names)])
+        elif args.command in ("roll", "restart"):
+            if not isinstance(farm, NativeFarm):
+                raise FarmError(f"`{args.command}` is native-only; under Docker use `docker compose restart`")
+            if args.command == "roll":
+                for name, seconds in farm.roll():
+                    print(f"{name} restarted and back in rotation in {seconds:.1f} s")
+            else:
+                farm.stop(args.name)
+                farm.start(args.name)
+                farm.wait_healthy()
+                print(f"{args.name} restarted")
         elif args.command == "kill":
             pid = farm.kill(args.name, args.signal)
             print(f"sent SIG{args.signal} to {args.name}" + (f" (pid {pid})" if pid else ""))

@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -134,18 +136,89 @@ class NativeFarm:
         self.wait_healthy(timeout_s)
 
     def _apply_config_changes(self) -> None:
+        """Like `supervisorctl update`, in an order that drops no request: new instances serve
+        before nginx sends them anything, and nginx stops sending to removed ones before they stop."""
         rpc = self._rpc()
         [[added, changed, removed]] = rpc.reloadConfig()
-        for name in [*removed, *changed]:
+        web = {i.name for i in self.config.web}
+        for name in added:
+            rpc.addProcessGroup(name)
+        self._wait_serving(added)
+        for name in changed:
+            if name not in web:  # redis or nginx itself: no way around a restart
+                rpc.stopProcessGroup(name)
+                rpc.removeProcessGroup(name)
+                rpc.addProcessGroup(name)
+        self.reload_nginx()
+        for name in removed:
             rpc.stopProcessGroup(name)
             rpc.removeProcessGroup(name)
-        for name in [*changed, *added]:
-            rpc.addProcessGroup(name)
+        for name in changed:
+            if name in web:
+                self._replace_gracefully(name, reconfigure=True)
         for proc in rpc.getAllProcessInfo():
             if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
                 rpc.startProcess(proc["name"])
-        if "nginx" not in changed:
-            rpc.signalProcess("nginx", "HUP")
+
+    # -- graceful operations ---------------------------------------------------------------
+    def _nginx_workers(self) -> dict[int, str]:
+        """pid -> title of each child of the nginx master ("nginx: worker process [is shutting down]")."""
+        master = self.pid("nginx")
+        workers = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == master:
+                    workers[int(stat.parent.name)] = (stat.parent / "cmdline").read_text().replace("\0", " ").strip()
+            except (OSError, IndexError, ValueError):
+                continue
+        return workers
+
+    def reload_nginx(self, draining: Collection[str] = (), timeout_s: float = 15) -> None:
+        """Re-render and reload nginx (SIGHUP: new workers take new requests, old ones finish
+        theirs), and return once every old worker is gone - only then is the change in force."""
+        (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, draining))
+        before = set(self._nginx_workers())
+        self._rpc().signalProcess("nginx", "HUP")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            workers = self._nginx_workers()
+            if workers and not before & set(workers) and not any("shutting down" in t for t in workers.values()):
+                return
+            time.sleep(0.05)
+        raise FarmError(f"nginx did not finish reloading within {timeout_s:.0f} s")
+
+    def _wait_serving(self, names: Collection[str], timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            while not self.is_serving(name):
+                if time.monotonic() > deadline:
+                    raise FarmError(f"{name} is not serving after {timeout_s:.0f} s:\n{self.tail(name)}")
+                time.sleep(0.1)
+
+    def _replace_gracefully(self, name: str, reconfigure: bool = False) -> None:
+        """Take `name` out of nginx's rotation, stop it (SIGTERM: uvicorn finishes what it has),
+        start it (with its new supervisor config if `reconfigure`), wait until it serves, put it back."""
+        self.reload_nginx(draining={name})
+        rpc = self._rpc()
+        if reconfigure:
+            rpc.stopProcessGroup(name)
+            rpc.removeProcessGroup(name)
+            rpc.addProcessGroup(name)
+        else:
+            rpc.stopProcess(name)
+            rpc.startProcess(name)
+        self._wait_serving([name])
+        self.reload_nginx()
+
+    def roll(self) -> list[tuple[str, float]]:
+        """Restart every instance, one at a time, without failing a request; returns (name, seconds)."""
+        took = []
+        for inst in self.config.web:
+            started = time.monotonic()
+            self._replace_gracefully(inst.name)
+            took.append((inst.name, time.monotonic() - started))
+        return took
 
     def down(self, timeout_s: float = 30) -> None:
         if not self.is_running():

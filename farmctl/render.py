@@ -3,7 +3,7 @@
 import getpass
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -28,10 +28,12 @@ def _nginx_common() -> dict[str, object]:
     }
 
 
-def render_nginx_native(config: FarmConfig) -> str:
+def render_nginx_native(config: FarmConfig, draining: Collection[str] = ()) -> str:
+    """The native config; `draining` instances are marked `down` (out of rotation, for a restart)."""
     return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
         runtime="native",
         instances=config.web,
+        draining=set(draining),
         balance=config.balance,
         listen_host="127.0.0.1",
         http_port=config.http_port,
@@ -52,6 +54,7 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
     return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
         runtime="docker",
         instances=web,
+        draining=set(),
         balance=balance,
         listen_host="0.0.0.0",
         http_port=8080,

@@ -55,8 +55,9 @@ def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFacto
     """Start farms on free ports (each in its own state dir); every one is stopped at the end."""
     started: list[NativeFarm] = []
 
-    def start(instances: int = 3, start: bool = True, **options: object) -> NativeFarm:
-        base = free_port_block(instances + 3)
+    def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
+        """`spare` free ports after the instances' leave room to scale up to instances + spare."""
+        base = free_port_block(instances + 3 + spare)
         config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
                             base_port=base + 3,
                             state_dir=Path(tmp_path_factory.mktemp("farm")), **options)  # type: ignore[arg-type]

@@ -1,0 +1,135 @@
+"""Graceful operations under a real load: rolling restarts and scaling drop nothing, POSTs included;
+and Redis keeps the sessions across its own crash (AOF)."""
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from farmctl.native import NativeFarm
+from tests.conftest import FarmFactory
+from tests.farm.users import signed_in
+
+pytestmark = pytest.mark.farm
+
+
+@dataclass
+class Load:
+    """What a few signed-in clients saw while they read and added to their carts through nginx."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    added: Counter[str] = field(default_factory=Counter)
+    carts: dict[str, dict[str, int]] = field(default_factory=dict)
+    served_by: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    keepalive_retries: int = 0
+
+
+def browser_like(load: Load, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """Send a request; if the server closed the (idle, kept-alive) connection before sending a
+    single byte back, send it once more on a new connection, as browsers do. A reloading nginx
+    closes its idle client connections; it never read a request from them, so the retry is safe
+    even for a POST (RFC 9112, 9.3.1)."""
+    try:
+        return client.request(method, url, **kwargs)
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        if "without sending a response" not in str(exc) and "reset by peer" not in str(exc):
+            raise
+        load.keepalive_retries += 1
+        return client.request(method, url, **kwargs)
+
+
+@contextmanager
+def steady_load(base_url: str, clients: int = 4) -> Iterator[Load]:
+    load, stop = Load(), threading.Event()
+
+    def user(n: int) -> None:
+        with signed_in(base_url) as client:
+            while not stop.is_set():
+                try:
+                    responses = (browser_like(load, client, "GET", "/api/me"),
+                                 browser_like(load, client, "POST", "/api/cart/items", json={"sku": "apple", "qty": 1}))
+                except httpx.HTTPError as exc:
+                    load.errors.append(repr(exc))
+                    continue
+                for response in responses:
+                    load.statuses[response.status_code] += 1
+                    load.served_by[response.headers.get("x-served-by", "")] += 1
+                    if response.request.method == "POST" and response.status_code == 200:
+                        load.added[str(n)] += 1
+            load.carts[str(n)] = client.get("/api/cart").json()["items"]
+
+    threads = [threading.Thread(target=user, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    try:
+        yield load
+    finally:
+        time.sleep(1)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def assert_nothing_failed(load: Load) -> None:
+    assert load.errors == []
+    assert set(load.statuses) == {200}, load.statuses
+    assert load.statuses[200] > 100
+    for n, added in load.added.items():
+        assert load.carts[n] == {"apple": added}  # every acknowledged add is there, and no add twice
+
+
+@pytest.fixture(scope="module")
+def ops_farm(farm_factory: FarmFactory) -> NativeFarm:
+    return farm_factory(3, spare=2)
+
+
+def test_roll_restarts_every_instance_under_load_without_a_failed_request(ops_farm: NativeFarm) -> None:
+    pids = {i.name: ops_farm.pid(i.name) for i in ops_farm.config.web}
+    with steady_load(ops_farm.config.balancer_url) as load:
+        took = ops_farm.roll()
+    assert [name for name, _ in took] == list(pids)
+    assert all(ops_farm.pid(name) != pid for name, pid in pids.items())
+    assert_nothing_failed(load)
+    assert load.keepalive_retries <= 2 * len(pids) * 4  # at most one per client per nginx reload
+
+
+def test_scale_up_and_down_under_load_without_a_failed_request(ops_farm: NativeFarm) -> None:
+    bigger = NativeFarm(ops_farm.config.__class__(**{**ops_farm.config.__dict__, "instances": 5}))
+    with steady_load(ops_farm.config.balancer_url) as load:
+        bigger.up()
+        time.sleep(1)
+        assert {f"web{i}" for i in range(1, 6)} <= set(load.served_by)
+        ops_farm.up()  # back to 3
+    assert_nothing_failed(load)
+    assert [s.name for s in ops_farm.status() if s.name.startswith("web")] == ["web1", "web2", "web3"]
+
+
+def test_sessions_survive_a_redis_crash(farm_factory: FarmFactory) -> None:
+    farm = farm_factory(2)
+    clients: list[httpx.Client] = []
+    with signed_in(farm.config.balancer_url) as first, signed_in(farm.config.balancer_url) as second:
+        for client in (first, second):
+            assert client.post("/api/cart/items", json={"sku": "pear", "qty": 2}).status_code == 200
+        time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
+        old_pid = farm.kill("redis", "KILL")
+        wait_until(lambda: farm.pid("redis") not in (0, old_pid))
+        wait_until(lambda: farm.unhealthy() == [])
+        clients = [first, second]
+        for client in clients:
+            assert client.get("/api/cart").json() == {"items": {"pear": 2}}
+            assert client.get("/api/me").status_code == 200
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
