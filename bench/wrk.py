@@ -1,0 +1,76 @@
+"""Run wrk, the load generator, and read its report."""
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m)")
+
+
+class WrkError(RuntimeError):
+    """wrk is missing, failed, or measured something other than successful answers."""
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def _ms(text: str) -> float:
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        raise WrkError(f"unreadable latency {text!r}")
+    return float(match[1]) * _UNITS_MS[match[2]]
+
+
+def _find(pattern: str, output: str) -> re.Match[str]:
+    match = re.search(pattern, output, re.M)
+    if match is None:
+        raise WrkError(f"unexpected wrk output (no {pattern!r}):\n{output}")
+    return match
+
+
+def parse(output: str) -> WrkResult:
+    """The figures of a `wrk --latency` report."""
+    done = _find(r"^\s*(\d+) requests in ([\d.]+\w+),", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return WrkResult(
+        requests=int(done[1]),
+        seconds=_ms(done[2]) / 1000,
+        rps=float(_find(r"^Requests/sec:\s+([\d.]+)", output)[1]),
+        p50_ms=_ms(_find(r"^\s+50%\s+(\S+)", output)[1]),
+        p99_ms=_ms(_find(r"^\s+99%\s+(\S+)", output)[1]),
+        non_2xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=sum(map(int, sockets.groups())) if sockets else 0,
+    )
+
+
+def wrk_binary() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise WrkError("wrk is not installed: sudo apt-get install -y wrk (or run `make bench`, which installs it)")
+    return path
+
+
+def run_wrk(url: str, duration: str, connections: int, threads: int = 1,
+            headers: tuple[str, ...] = ()) -> WrkResult:
+    """One measurement; an answer other than 2xx/3xx makes the whole measurement worthless, so it raises."""
+    args = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration}", "--latency", "--timeout", "5s"]
+    for header in headers:
+        args += ["-H", header]
+    done = subprocess.run([*args, url], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise WrkError(f"wrk failed on {url}: {done.stderr or done.stdout}")
+    result = parse(done.stdout)
+    if result.non_2xx or result.requests == 0:
+        raise WrkError(f"{url}: {result.non_2xx} of {result.requests} answers were not 2xx/3xx:\n{done.stdout}")
+    return result
