@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export N RUNTIME HTTP_PORT BASE_PORT REDIS_PORT SESSION_BACKEND BALANCE DEMO_CONTROLS
-export USERS DURATION KILL_EVERY
+export REDIS REPLICA_PORT SENTINEL_PORTS
+export USERS DURATION KILL_EVERY CHAOS
 
 .DEFAULT_GOAL := help
 .PHONY: help up down status logs test lint loadtest compare clean prereqs roll scale redis-restart
@@ -22,7 +23,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 prereqs:
 	@farmctl/prereqs.sh nginx redis-server
 
-up: prereqs $(VENV)/.installed ## start the farm (N=3, DEMO_CONTROLS=1 for the crash button) and print its URL
+up: prereqs $(VENV)/.installed ## start the farm (N=3, DEMO_CONTROLS=1 for the crash button, REDIS=sentinel for HA Redis)
 	@DEMO_CONTROLS=$${DEMO_CONTROLS:-1} $(PY) -m farmctl up
 
 down: $(VENV)/.installed ## stop the farm and free its ports
@@ -49,15 +50,21 @@ lint: $(VENV)/.installed ## ruff and mypy --strict
 	$(VENV)/bin/mypy
 
 test: ## install what is missing, lint, then every test against real farms
-	@farmctl/prereqs.sh nginx redis-server chromium
+	@farmctl/prereqs.sh nginx redis-server chromium wrk
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
 
-loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3)
+loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3 CHAOS=instances|redis)
 	$(PY) -m loadtest run
 
 compare: prereqs $(VENV)/.installed ## the same load test under in-proc, sticky and Redis sessions
 	$(PY) -m loadtest compare
+
+.PHONY: bench
+bench: $(VENV)/.installed ## wrk: balancer, session layer, Redis vs in-proc, scaling, peers (ROUNDS=3 DURATION=3s CONNECTIONS=16 N=3)
+	@farmctl/prereqs.sh nginx redis-server wrk
+	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
+		$(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(N),--instances $(N))
 
 clean: down ## stop the farm and delete its state and reports
 	rm -rf .farm reports

@@ -20,6 +20,15 @@ class Settings(BaseSettings):
 
     instance_name: str = Field("web1", description="Shown in X-Served-By and in session records.")
     redis_url: str = Field("redis://127.0.0.1:6380/0", description="The shared session store.")
+    redis_sentinels: str = Field(
+        "",
+        description="host:port,... of Redis Sentinels; when set, the primary is found through them and "
+                    "REDIS_URL is not used. Empty: a single Redis at REDIS_URL.",
+    )
+    redis_sentinel_master: str = Field("webfarm", description="The name the Sentinels monitor the primary under.")
+    redis_wait_timeout_ms: int = Field(
+        200, ge=1, description="With Sentinels: how long a login waits for the replica to acknowledge the session."
+    )
     redis_socket_timeout_s: float = Field(1.0, gt=0, description="Per-command timeout.")
     redis_connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout.")
     redis_max_connections: int = Field(64, ge=1, description="Pool size per instance.")
@@ -49,6 +58,11 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(19 * 1024, ge=8 * 1024, description="OWASP minimum: 19 MiB.")
 
     stats_flush_interval_s: float = Field(1.0, gt=0, description="Write-behind of request counts.")
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(host, int(port)) for host, port in
+                (address.strip().rsplit(":", 1) for address in self.redis_sentinels.split(",") if address.strip())]
 
 
 @lru_cache

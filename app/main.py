@@ -13,10 +13,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import api, pages
+from app import api, pages, sentinel
 from app.config import SessionBackend, Settings, get_settings
 from app.middleware import ServedByMiddleware
 from app.presence import Presence
@@ -31,7 +31,10 @@ def connect_redis(settings: Settings) -> Redis:
     """A client that fails fast and bounded: a few quick retries, then the error surfaces as 503.
 
     The pool blocks (briefly) when every connection is busy instead of failing at once, which
-    redis-py's default pool does past 100 connections under a burst."""
+    redis-py's default pool does past 100 connections under a burst. With REDIS_SENTINELS, the
+    primary is whichever node the Sentinels name (see app/sentinel.py)."""
+    if settings.redis_sentinels:
+        return sentinel.connect_sentinel(settings)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -51,7 +54,9 @@ def make_session_store(settings: Settings, redis: Redis) -> SessionStore:
         log.warning("SESSION_BACKEND=memory: sessions live in this process only (the in-proc anti-pattern)")
         return MemorySessionStore(settings.session_idle_timeout_s, settings.session_absolute_timeout_s)
     return RedisSessionStore(
-        redis, settings.key_prefix, settings.session_idle_timeout_s, settings.session_absolute_timeout_s
+        redis, settings.key_prefix, settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
+        # Behind Sentinel a login waits until the replica has the session too (see RedisSessionStore).
+        replicas_to_wait=1 if settings.redis_sentinels else 0, wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
 
 
@@ -85,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
-            await redis.aclose()
+            await sentinel.close(redis)
 
     app = FastAPI(title="webfarm", version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
@@ -116,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RedisError)
     async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("session store unavailable: %s: %s", type(exc).__name__, exc)
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError):
+            await sentinel.forget_primary(request.app.state.redis)
         return JSONResponse({"detail": "session store unavailable"}, status_code=503,
                             headers={"Retry-After": "1"})
 

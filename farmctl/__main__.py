@@ -39,17 +39,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             farm.up()
             https = f" (HTTPS, self-signed: {farm.config.https_url})" if farm.config.https_url else ""
-            print(f"webfarm is up ({farm.name} runtime, {farm.config.instances} instances): "
+            redis = ", Redis primary + replica + 3 Sentinels" if farm.config.sentinel else ""
+            print(f"webfarm is up ({farm.name} runtime, {farm.config.instances} instances{redis}): "
                   f"{farm.config.balancer_url}{https}")
         elif args.command == "down":
             farm.down()
             print("webfarm is down")
         elif args.command == "status":
-            print(f"{'NAME':8} {'PORT':>6} {'PID':>8}  STATE")
-            for row in as_rows(farm.status()):
-                print("{:8} {:>6} {:>8}  {}".format(*row))
+            rows = as_rows(farm.status())
+            width = max([4, *(len(name) for name, *_ in rows)])
+            print(f"{'NAME':{width}} {'PORT':>6} {'PID':>8}  STATE")
+            for row in rows:
+                print("{:{w}} {:>6} {:>8}  {}".format(*row, w=width))
         elif args.command == "logs":
-            names = args.names or ["redis", *farm.instance_names(), "nginx", "nginx-access"]
+            config = farm.config
+            names = args.names or [*config.redis_nodes, *config.sentinels, *farm.instance_names(), "nginx",
+                                    "nginx-access"]
             if farm.name == "docker":
                 os.execvp("docker", ["docker", "compose", "logs", "--follow", *args.names])
             os.execvp("tail", ["tail", "-n", "20", "-F", *(farm.log_path(n) for n in names)])

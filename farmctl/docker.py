@@ -1,8 +1,10 @@
 """The Docker runtime: the same interface as the native one, driven through `docker compose`.
 
-compose.yaml declares Redis, web1..web3 and nginx; Docker's restart policy is the supervisor."""
+compose.yaml declares Redis, web1..web3 and nginx (and, in its `sentinel` profile, a replica and
+three Sentinels); Docker's restart policy is the supervisor."""
 
 import json
+import os
 import subprocess
 import time
 
@@ -11,6 +13,9 @@ import httpx
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.native import FarmError, ProcessStatus
 from farmctl.render import DOCKER_INSTANCES
+
+#: What the web services get as REDIS_SENTINELS with REDIS=sentinel: the Sentinel services of compose.yaml.
+DOCKER_SENTINELS = "sentinel1:26379,sentinel2:26379,sentinel3:26379"
 
 
 def engine_available() -> bool:
@@ -31,8 +36,12 @@ class DockerFarm:
 
     def _compose(self, *args: str, capture: bool = False) -> str:
         env_profiles = ["--profile", "demo"] if self.config.demo_controls else []
+        env = dict(os.environ)
+        if self.config.sentinel:
+            env_profiles += ["--profile", "sentinel"]
+            env["REDIS_SENTINELS"] = DOCKER_SENTINELS
         cmd = ["docker", "compose", "--project-directory", str(PROJECT_ROOT), *env_profiles, *args]
-        result = subprocess.run(cmd, capture_output=capture, text=True, check=False)
+        result = subprocess.run(cmd, capture_output=capture, text=True, check=False, env=env)
         if result.returncode != 0:
             raise FarmError(f"{' '.join(cmd)} failed:\n{result.stderr if capture else ''}")
         return result.stdout if capture else ""

@@ -11,15 +11,17 @@ import sys
 import time
 import xmlrpc.client
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 from supervisor.xmlrpc import SupervisorTransport
 
+from farmctl import redis_ha
 from farmctl.config import FarmConfig
-from farmctl.render import render_nginx_native, render_supervisord, require_binary
+from farmctl.redis_node import started_marker
+from farmctl.render import render_nginx_native, render_sentinel, render_supervisord, require_binary
 
 
 class FarmError(RuntimeError):
@@ -92,9 +94,16 @@ class NativeFarm:
         )
         key.chmod(0o600)
 
-    def _write_configs(self) -> None:
-        for sub in ("logs", "redis", "nginx"):
+    def _write_configs(self, starting: bool) -> None:
+        """`starting`: supervisord is not running yet. Only then are the Sentinels' files written:
+        from their first start on, they belong to the Sentinels, who rewrite them."""
+        for sub in ("logs", "nginx", *self.config.redis_nodes):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        if starting:
+            for node in self.config.redis_nodes:
+                started_marker(self.state_dir / node).unlink(missing_ok=True)
+            for i, port in enumerate(self.config.sentinels.values(), 1):
+                (self.state_dir / f"sentinel-{i}.conf").write_text(render_sentinel(self.config, port))
         if self.config.https_port:
             self.ensure_certificate()
         try:
@@ -125,7 +134,9 @@ class NativeFarm:
                     "stop what uses them (`ss -ltnp`) or choose others, "
                     "e.g. make up HTTP_PORT=9080 BASE_PORT=9001 REDIS_PORT=6390"
                 )
-        self._write_configs()
+        else:
+            self._check_same_redis_mode()
+        self._write_configs(starting=not running)
         if running:
             self._apply_config_changes()
         else:
@@ -134,6 +145,13 @@ class NativeFarm:
                 check=True,
             )
         self.wait_healthy(timeout_s)
+
+    def _check_same_redis_mode(self) -> None:
+        running = {p["name"] for p in self._rpc().getAllProcessInfo()}
+        was = "sentinel" if "redis-replica" in running else "single"
+        if was != self.config.redis_mode:
+            raise FarmError(f"the farm runs with REDIS={was}; `make down` first to switch to "
+                            f"REDIS={self.config.redis_mode}")
 
     def _apply_config_changes(self) -> None:
         """Like `supervisorctl update`, in an order that drops no request: new instances serve
@@ -145,7 +163,7 @@ class NativeFarm:
             rpc.addProcessGroup(name)
         self._wait_serving(added)
         for name in changed:
-            if name not in web:  # redis or nginx itself: no way around a restart
+            if name not in web:  # Redis, a Sentinel or nginx itself: no way around a restart
                 rpc.stopProcessGroup(name)
                 rpc.removeProcessGroup(name)
                 rpc.addProcessGroup(name)
@@ -237,10 +255,12 @@ class NativeFarm:
 
     # -- inspecting and breaking -----------------------------------------------------------
     def status(self) -> list[ProcessStatus]:
-        ports = {i.name: i.port for i in self.config.web} | {
-            "redis": self.config.redis_port, "nginx": self.config.http_port}
+        ports = {i.name: i.port for i in self.config.web} | self.config.redis_nodes | self.config.sentinels | {
+            "nginx": self.config.http_port}
         if not self.is_running():
             return [ProcessStatus(name, port, 0, "STOPPED") for name, port in ports.items()]
+        ha = replace(self.config, redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
+        ports = ha.redis_nodes | ha.sentinels | ports
         info = {p["name"]: p for p in self._rpc().getAllProcessInfo()}
         return [ProcessStatus(name, ports.get(name, 0), int(p["pid"]), str(p["statename"]))
                 for name, p in info.items()]
@@ -284,6 +304,8 @@ class NativeFarm:
             ready = False
         if not ready:
             bad.append("redis")
+        elif self.config.sentinel and not redis_ha.failover_ready(self.config):
+            bad.extend(["redis-replica", *self.config.sentinels])
         return bad
 
     def wait_healthy(self, timeout_s: float = 60) -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from farmctl.config import APP_KEEPALIVE_S, NGINX_KEEPALIVE_S, PROJECT_ROOT, PROXY_SOURCE, FarmConfig, Instance
+from farmctl.config import (
+    APP_KEEPALIVE_S,
+    NGINX_KEEPALIVE_S,
+    PROJECT_ROOT,
+    PROXY_SOURCE,
+    SENTINEL_MASTER,
+    FarmConfig,
+    Instance,
+)
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
 DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
@@ -67,6 +75,9 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
 def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]]:
     yield "INSTANCE_NAME", inst.name
     yield "REDIS_URL", config.redis_url
+    if config.sentinel:
+        yield "REDIS_SENTINELS", config.sentinel_addresses
+        yield "REDIS_SENTINEL_MASTER", SENTINEL_MASTER
     yield "SESSION_BACKEND", config.session_backend
     yield "KEY_PREFIX", config.key_prefix
     yield "DEMO_CONTROLS", "1" if config.demo_controls else "0"
@@ -89,8 +100,21 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         redis_server=require_binary("redis-server"),
         nginx=require_binary("nginx"),
         redis_port=config.redis_port,
+        redis_nodes=config.redis_nodes,
+        sentinels=config.sentinels,
         instances=config.web,
         app_keepalive_s=APP_KEEPALIVE_S,
         proxy_source=PROXY_SOURCE,
         env=lambda inst: instance_env(config, inst),
+    )
+
+
+def render_sentinel(config: FarmConfig, port: int) -> str:
+    """The initial config of one Sentinel; it rewrites the file itself from then on."""
+    return _env(Path(__file__).parent).get_template("sentinel.conf.j2").render(
+        port=port,
+        state_dir=config.state_dir,
+        master=SENTINEL_MASTER,
+        primary_port=config.redis_port,
+        replica_port=config.replica_port,
     )

@@ -26,14 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=float(env.get("KILL_EVERY") or 0) or None)
     parser.add_argument("--signal", default=env.get("KILL_SIGNAL") or "KILL", choices=["KILL", "TERM"])
     parser.add_argument("--runtime", default=env.get("RUNTIME") or "auto")
+    parser.add_argument("--chaos", default=env.get("CHAOS") or "instances", choices=["instances", "redis"],
+                        help="what the chaos kills: a web instance, or the Redis primary (REDIS=sentinel)")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "run":
             spec = LoadSpec(users=args.users or 50, duration=args.duration or "2m",
-                            kill_every_s=args.kill_every or 15.0, kill_signal=args.signal)
+                            kill_every_s=args.kill_every or 15.0, kill_signal=args.signal, chaos=args.chaos)
             out = PROJECT_ROOT / "reports" / "loadtest"
-            summary = run_scenario(FarmConfig.from_env(), spec, out, args.runtime)
+            config = FarmConfig.from_env()
+            if args.chaos == "redis" and not env.get("REDIS"):
+                config = FarmConfig.from_env(redis_mode="sentinel")  # a primary to kill, a replica to promote
+            summary = run_scenario(config, spec, out, args.runtime)
             print("\n" + verdict_table(summary))
             print(f"\nwritten: {out}/summary.json, report.html, timeline.png")
             return 0 if summary["verdict"] == "PASS" else 1

@@ -138,11 +138,12 @@ def start_chaos(environment: Environment, **_: Any) -> None:
     global chaos
     ledger.started_at = time.time()
     kill_every = float(os.environ.get("LOADTEST_KILL_EVERY", "15"))
-    ledger.settings = {"kill_every_s": kill_every, "kill_signal": os.environ.get("LOADTEST_KILL_SIGNAL", "KILL")}
+    ledger.settings = {"kill_every_s": kill_every, "kill_signal": os.environ.get("LOADTEST_KILL_SIGNAL", "KILL"),
+                       "chaos": os.environ.get("LOADTEST_CHAOS", "instances")}
     if kill_every <= 0:
         return
     farm = open_farm(FarmConfig.from_env(), os.environ.get("RUNTIME") or "auto")
-    chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]))
+    chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]), str(ledger.settings["chaos"]))
     threading.Thread(target=chaos.run, daemon=True).start()
 
 

@@ -46,6 +46,7 @@ def summarize(ledger: Ledger, users: int, instances: int, **context: object) -> 
         "duration_s": round(duration, 1),
         "users": users,
         "instances": instances,
+        "chaos": ledger.settings.get("chaos", "instances"),
         "kill_every_s": ledger.settings.get("kill_every_s"),
         "kill_signal": ledger.settings.get("kill_signal"),
         "kills": len(ledger.kills),
@@ -68,9 +69,11 @@ def summarize(ledger: Ledger, users: int, instances: int, **context: object) -> 
 
 
 def verdict_table(summary: dict[str, Any]) -> str:
+    victim = "the Redis primary" if summary.get("chaos") == "redis" else "an instance"
     rows = [
         ("verdict", summary["verdict"]),
         ("duration", f"{summary['duration_s']} s, {summary['users']} users, {summary['instances']} instances"),
+        ("chaos", f"SIG{summary['kill_signal']} to {victim} every {summary['kill_every_s']} s"),
         ("kills / returns", f"{summary['kills']} / {summary['returns']}  (back after {summary['return_times_s']} s)"),
         ("requests", f"{summary['requests']}  ({summary['rps']} req/s)"),
         ("latency", f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
+from farmctl.native import FarmError
 from farmctl.runtime import open_farm
 from loadtest.ledger import Ledger
 from loadtest.report import comparison_chart, summarize, timeline_chart
@@ -23,6 +24,7 @@ class LoadSpec:
     kill_every_s: float = 15.0
     kill_signal: str = "KILL"
     spawn_rate: float = 10.0
+    chaos: str = "instances"  # or "redis": kill the Redis primary (needs REDIS=sentinel)
 
 
 def farm_environment(config: FarmConfig, runtime: str) -> dict[str, str]:
@@ -30,7 +32,8 @@ def farm_environment(config: FarmConfig, runtime: str) -> dict[str, str]:
     return {
         "N": str(config.instances), "HTTP_PORT": str(config.http_port), "BASE_PORT": str(config.base_port),
         "REDIS_PORT": str(config.redis_port), "STATE_DIR": str(config.state_dir), "RUNTIME": runtime,
-        "SESSION_BACKEND": config.session_backend, "BALANCE": config.balance,
+        "SESSION_BACKEND": config.session_backend, "BALANCE": config.balance, "REDIS": config.redis_mode,
+        "REPLICA_PORT": str(config.replica_port), "SENTINEL_PORTS": ",".join(map(str, config.sentinel_ports)),
     }
 
 
@@ -38,15 +41,19 @@ def run_scenario(config: FarmConfig, spec: LoadSpec, out: Path, runtime: str = "
                  title: str = "webfarm load test") -> dict[str, Any]:
     """Run one load test; returns the summary and writes summary.json, report.html, timeline.png."""
     farm = open_farm(config, runtime)
+    if spec.chaos == "redis" and (not config.sentinel or farm.name != "native"):
+        raise FarmError("CHAOS=redis kills the Redis primary and needs a native farm with REDIS=sentinel "
+                        "(a replica and Sentinels to fail over to)")
     farm.up()
     out.mkdir(parents=True, exist_ok=True)
     (out / "ledger.json").unlink(missing_ok=True)
     env = {**os.environ, **farm_environment(config, farm.name), "LOADTEST_OUT": str(out),
            "LOADTEST_KILL_EVERY": str(spec.kill_every_s), "LOADTEST_KILL_SIGNAL": spec.kill_signal,
-           "PYTHONPATH": str(PROJECT_ROOT)}
+           "LOADTEST_CHAOS": spec.chaos, "PYTHONPATH": str(PROJECT_ROOT)}
+    victim = "the Redis primary" if spec.chaos == "redis" else "an instance"
     print(f"locust: {spec.users} users for {spec.duration} against {config.balancer_url} "
-          f"({config.instances} x {config.session_backend} sessions, {config.balance}), "
-          f"a SIG{spec.kill_signal} every {spec.kill_every_s:g} s", flush=True)
+          f"({config.instances} x {config.session_backend} sessions, {config.balance}, Redis {config.redis_mode}), "
+          f"a SIG{spec.kill_signal} to {victim} every {spec.kill_every_s:g} s", flush=True)
     subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(spec.users),
          "--spawn-rate", str(spec.spawn_rate), "--run-time", spec.duration, "--host", config.balancer_url,
@@ -56,7 +63,7 @@ def run_scenario(config: FarmConfig, spec: LoadSpec, out: Path, runtime: str = "
     )
     ledger = Ledger.load(out / "ledger.json")
     summary = summarize(ledger, spec.users, config.instances, session_backend=config.session_backend,
-                        balance=config.balance, runtime=farm.name)
+                        balance=config.balance, redis=config.redis_mode, runtime=farm.name)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     timeline_chart(ledger, out / "timeline.png", f"{title}: {summary['verdict']}")
     return summary

@@ -56,8 +56,13 @@ def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFacto
     started: list[NativeFarm] = []
 
     def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
-        """`spare` free ports after the instances' leave room to scale up to instances + spare."""
-        base = free_port_block(instances + 3 + spare)
+        """`spare` free ports after the instances' leave room to scale up to instances + spare;
+        with redis_mode="sentinel", four more for the replica and the Sentinels."""
+        ha = 4 if options.get("redis_mode") == "sentinel" else 0
+        base = free_port_block(instances + 3 + spare + ha)
+        if ha:
+            replica = base + 3 + instances + spare
+            options |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
         config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
                             base_port=base + 3,
                             state_dir=Path(tmp_path_factory.mktemp("farm")), **options)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ one as the anti-pattern it is."""
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -87,6 +88,19 @@ async def test_concurrent_adds_are_atomic(redis: Redis) -> None:
     assert session is not None
     assert session.cart == {"apple": 200}
     assert session.requests == 201
+
+
+async def test_create_waits_for_replicas_only_when_asked(redis: Redis) -> None:
+    """This Redis has no replica: WAIT 1 holds the login for its whole timeout, then lets it through."""
+    waiting = RedisSessionStore(redis, "test", 60, 3600, replicas_to_wait=1, wait_timeout_ms=300)
+    started = time.monotonic()
+    token, _ = await waiting.create("alice", "web1")
+    assert time.monotonic() - started >= 0.3
+    assert await waiting.touch(token) is not None
+    started = time.monotonic()
+    token, _ = await redis_store(redis).create("alice", "web1")
+    assert time.monotonic() - started < 0.1
+    assert await redis_store(redis).touch(token) is not None
 
 
 @pytest.mark.parametrize("kind", ["redis", "memory"])

@@ -4,18 +4,22 @@ on (healthchecks, restart policies, start order), and agreement with the rendere
 import json
 import re
 import shlex
+import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 from jsonschema import Draft7Validator
 
 from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT
-from farmctl.docker import engine_available
+from farmctl.docker import DOCKER_SENTINELS, engine_available
 from farmctl.render import DOCKER_INSTANCES, render_nginx_docker
+from tests.conftest import free_port_block
 
 COMPOSE_FILE = PROJECT_ROOT / "compose.yaml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -277,3 +281,77 @@ def test_build_image_installing_locked_runtime_dependencies(dockerfile: list[Ins
     # `python -m farmctl` (the nginx-config service) imports farmctl.native, which imports supervisor.
     assert runtime | {"supervisor"} <= installed
     assert installed <= locked
+
+
+SENTINELS = ["sentinel1", "sentinel2", "sentinel3"]
+
+
+def sentinel_script(services: dict[str, Service], conf: Path) -> str:
+    """The sentinel services' start script as the container's shell runs it, writing to `conf`."""
+    script = command_argv(services["sentinel1"])[-1]
+    return script.replace("$$", "$").replace("/tmp/sentinel.conf", str(conf))
+
+
+def test_declare_sentinel_profile_with_replica_and_three_sentinels(services: dict[str, Service]) -> None:
+    profiled = {name for name, svc in services.items() if "sentinel" in svc.get("profiles", [])}
+    assert profiled == {"redis-replica", *SENTINELS}
+    replica = command_argv(services["redis-replica"])
+    assert option(replica, "--replicaof") == "redis"
+    assert option(replica, "--appendonly") == "yes"
+    assert option(replica, "--appendfsync") == "everysec"
+    for name in ("redis", "redis-replica"):
+        assert option(command_argv(services[name]), "--replica-announce-ip") == name
+    for name in SENTINELS:
+        assert services[name]["environment"]["SENTINEL_NAME"] == name
+        assert depends_on(services[name]) == {"redis": "service_healthy"}
+
+
+def test_declare_web_sentinels_matching_sentinel_services(services: dict[str, Service], tmp_path: Path) -> None:
+    # Empty by default (single Redis); farmctl sets it with REDIS=sentinel, naming the Sentinel services.
+    assert services[WEB_SERVICES[0]]["environment"]["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}"
+    named = [address.split(":") for address in DOCKER_SENTINELS.split(",")]
+    assert [host for host, _ in named] == SENTINELS
+    subprocess.run(["sh", "-c", sentinel_script(services, tmp_path / "sentinel.conf").replace("exec ", "true ")],
+                   env={"SENTINEL_NAME": "sentinel1", "PATH": "/usr/bin:/bin"}, check=True, timeout=10)
+    assert {port for _, port in named} == set(re.findall(r"^port (\d+)$", (tmp_path / "sentinel.conf").read_text(),
+                                                         re.M))
+
+
+def test_write_sentinel_config_once_and_accepted_by_redis(services: dict[str, Service], tmp_path: Path) -> None:
+    """The script keeps the file Sentinel rewrites across restarts, and real Redis accepts what it wrote."""
+    conf = tmp_path / "sentinel.conf"
+    script = sentinel_script(services, conf).replace("exec ", "true ")
+    subprocess.run(["sh", "-c", script], env={"SENTINEL_NAME": "sentinel2", "PATH": "/usr/bin:/bin"}, check=True)
+    written = conf.read_text()
+    assert "sentinel announce-ip sentinel2\n" in written
+    assert "sentinel resolve-hostnames yes\n" in written
+    assert "sentinel announce-hostnames yes\n" in written
+    conf.write_text(written + "# rewritten by Sentinel\n")
+    subprocess.run(["sh", "-c", script], env={"SENTINEL_NAME": "sentinel2", "PATH": "/usr/bin:/bin"}, check=True)
+    assert conf.read_text().endswith("# rewritten by Sentinel\n")
+
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port_block(2)
+    # Here no host is called `redis` (nor listens where it points); the rest is what the container runs.
+    conf.write_text(written.replace("port 26379", f"port {port}\nbind 127.0.0.1")
+                    .replace("webfarm redis 6379", f"webfarm 127.0.0.1 {port + 1}"))
+    proc = subprocess.Popen([redis_server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                master = client.sentinel_master("webfarm")
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, "redis-server refused the sentinel config"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        client.close()
+        assert isinstance(master, dict)
+        assert master["down-after-milliseconds"] == 1000
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,78 @@
+"""Redis behind Sentinel (REDIS_SENTINELS): find the primary through the Sentinels, and follow a
+failover without restarting the instance.
+
+redis-py asks the Sentinels for the primary's address only when a connection (re)connects, and
+three of its habits would keep an instance talking to the old primary:
+
+- Connection-level retries reconnect to the address the connection already holds, the dead
+  primary, without asking again (redis-py #3874, #3560); and asking again names the dead primary
+  too until the failover is over (1-3 s). So nothing retries here: the error surfaces at once
+  (503 with Retry-After: the client asks again) and the next connect asks the Sentinels.
+- When the address changes, only idle pooled connections are closed; one that was in use goes back
+  to the pool still connected to the old primary. FailoverPool closes it when it comes back.
+- A failover that drops no connection (the old primary demoted, still reachable) answers writes
+  with READONLY (#435); redis-py closes that one connection. `forget_primary`, called by the app
+  on every connection error, timeout or READONLY, closes the idle rest and makes the next
+  connection ask the Sentinels again.
+"""
+
+from typing import Any, cast
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+
+from app.config import Settings
+
+
+class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits briefly for a free connection when all are busy (as the
+    single-Redis pool does) and keeps no connection to a former primary."""
+
+    async def release(self, connection: AbstractConnection) -> None:
+        # redis-py's owns_connection() would say this, but its asyncio version raises AttributeError.
+        managed = cast(Connection, connection)
+        try:
+            if (managed.host, managed.port) != self.master_address:
+                await connection.disconnect()
+        finally:
+            await super().release(connection)
+
+    async def forget_primary(self) -> None:
+        """Ask the Sentinels again on the next connect; close every idle connection meanwhile."""
+        self.master_address = None
+        await self.disconnect(inuse_connections=False)
+
+
+def connect_sentinel(settings: Settings) -> Redis:
+    """A client of whichever node the Sentinels name primary, failing fast like the single-mode one."""
+    no_retries = Retry(NoBackoff(), 0)
+    timeouts: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout_s,
+                                "socket_connect_timeout": settings.redis_connect_timeout_s}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves Sentinel.__init__ unannotated
+        settings.sentinel_addresses, sentinel_kwargs={**timeouts, "retry": no_retries})
+    client: Redis = sentinel.master_for(
+        settings.redis_sentinel_master,
+        connection_pool_class=FailoverPool,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        decode_responses=True,
+        retry=no_retries,
+        health_check_interval=30,
+        **timeouts,
+    )
+    return client
+
+
+async def forget_primary(redis: Redis) -> None:
+    """After a connection error, timeout or READONLY: re-discover the primary (no-op without Sentinel)."""
+    if isinstance(redis.connection_pool, FailoverPool):
+        await redis.connection_pool.forget_primary()
+
+
+async def close(redis: Redis) -> None:
+    await redis.aclose()
+    if isinstance(redis.connection_pool, FailoverPool):
+        await redis.connection_pool.sentinel_manager.aclose()

@@ -1,0 +1,55 @@
+"""Start one Redis data node of a sentinel-mode farm: what supervisord runs as `redis` and `redis-replica`.
+
+    python -m farmctl.redis_node --me PORT --sentinels P1,P2,P3 [--replica-of PORT] -- redis-server ARGS...
+
+The role comes from the Sentinels, not from the command line: a node starts as the replica of
+whichever node they name primary (`--replica-of` only counts when no Sentinel answers, i.e. at the
+first start). A node restarted after a crash while the Sentinels still name it primary stays down
+until they have promoted the replica (at most FAILOVER_WAIT_S): restarted at once, the old primary
+would answer again before the Sentinels noticed it was gone (down-after 1 s), there would be no
+failover, and a primary that loses its process would rely on its AOF alone."""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from farmctl.redis_ha import primary_port
+
+FAILOVER_WAIT_S = 10.0
+
+
+def started_marker(data_dir: Path) -> Path:
+    """Exists once the node has started in this run of the farm; `farmctl up` removes it."""
+    return data_dir / "farmctl-started"
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="farmctl.redis_node", description=__doc__)
+    parser.add_argument("--me", type=int, required=True, help="this node's port")
+    parser.add_argument("--sentinels", required=True, help="the Sentinels' ports, comma-separated")
+    parser.add_argument("--replica-of", type=int, help="the primary's port at the first start")
+    parser.add_argument("--dir", type=Path, required=True, help="the node's data directory")
+    parser.add_argument("server", nargs=argparse.REMAINDER, help="-- redis-server and its arguments")
+    args = parser.parse_args(argv)
+    sentinels = [int(p) for p in args.sentinels.split(",")]
+    server = args.server[1:] if args.server[:1] == ["--"] else args.server
+
+    marker = started_marker(args.dir)
+    if marker.exists():  # restarted after a crash (or a stop)
+        deadline = time.monotonic() + FAILOVER_WAIT_S
+        while primary_port(sentinels) in (args.me, None) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    marker.touch()
+    primary = primary_port(sentinels) or args.replica_of
+    if primary and primary != args.me:
+        server += ["--replicaof", "127.0.0.1", str(primary)]
+        print(f"redis_node: port {args.me} starts as the replica of {primary}", flush=True)
+    else:
+        print(f"redis_node: port {args.me} starts as the primary", flush=True)
+    os.execv(server[0], server)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

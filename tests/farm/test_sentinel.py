@@ -1,0 +1,135 @@
+"""Redis with a replica and three Sentinels (REDIS=sentinel): the instances follow a failover on their
+own - no restart, 503 while there is no primary, never 500 - and signed-in users stay signed in."""
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis
+
+from farmctl import redis_ha
+from farmctl.config import SENTINEL_MASTER
+from farmctl.native import NativeFarm
+from tests.conftest import FarmFactory
+from tests.farm.users import signed_in
+
+pytestmark = pytest.mark.farm
+
+USERS = 4
+FOLLOW_WITHIN_S = 15
+
+
+@pytest.fixture(scope="module")
+def sentinel_farm(farm_factory: FarmFactory) -> NativeFarm:
+    return farm_factory(2, redis_mode="sentinel")
+
+
+@dataclass
+class Watch:
+    """Signed-in users reading /api/me through nginx in a loop: what each one saw, and when."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    wrong_bodies: list[str] = field(default_factory=list)
+    last_ok: dict[str, float] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def follow(self, client: httpx.Client, username: str) -> None:
+        while not self.stop.is_set():
+            response = client.get("/api/me")
+            self.statuses[response.status_code] += 1
+            if response.status_code == 200 and response.json()["username"] == username:
+                self.last_ok[username] = time.monotonic()
+            elif response.status_code != 503 or response.json() != {"detail": "session store unavailable"} \
+                    or response.headers.get("retry-after") != "1":
+                self.wrong_bodies.append(f"{response.status_code} {response.text}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def watch(sentinel_farm: NativeFarm) -> Iterator[Watch]:
+    """USERS signed in before the failover (their logins WAITed for the replica), all following."""
+    watch = Watch()
+    with ExitStack() as stack:
+        threads = []
+        for _ in range(USERS):
+            client = stack.enter_context(signed_in(sentinel_farm.config.balancer_url))
+            username = client.get("/api/me").json()["username"]
+            threads.append(threading.Thread(target=watch.follow, args=(client, username), daemon=True))
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        yield watch
+        watch.stop.set()
+        for thread in threads:
+            thread.join(10)
+
+
+def wait_until_every_user_is_served(watch: Watch, since: float) -> float | None:
+    """Seconds from `since` until every user had a 200 after it; None if not within FOLLOW_WITHIN_S."""
+    while time.monotonic() - since < FOLLOW_WITHIN_S:
+        if len(watch.last_ok) == USERS and min(watch.last_ok.values()) > since:
+            return max(watch.last_ok.values()) - since
+        time.sleep(0.1)
+    return None
+
+
+def wait_failover_ready(farm: NativeFarm, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not redis_ha.failover_ready(farm.config):
+        assert time.monotonic() < deadline, "the old primary did not rejoin as an in-sync replica"
+        time.sleep(0.2)
+
+
+def test_login_acknowledged_by_the_replica_before_the_answer(sentinel_farm: NativeFarm) -> None:
+    config = sentinel_farm.config
+    primary = redis_ha.primary_name(config)
+    replica_port = next(port for name, port in config.redis_nodes.items() if name != primary)
+    with signed_in(config.balancer_url) as client:
+        token = client.cookies["webfarm_session"]
+    key = f"{config.key_prefix}:session:{hashlib.sha256(token.encode()).hexdigest()}"
+    with redis.Redis(port=replica_port) as replica:
+        assert replica.exists(key) == 1  # WAIT returned only once the replica had it
+
+
+def test_sigkill_of_the_primary_is_followed_without_restarting_an_instance(sentinel_farm: NativeFarm,
+                                                                          watch: Watch) -> None:
+    config = sentinel_farm.config
+    pids = {name: sentinel_farm.pid(name) for name in sentinel_farm.instance_names()}
+    old = redis_ha.primary_name(config)
+    assert old is not None
+    assert redis_ha.failover_ready(config)
+
+    killed_at = time.monotonic()
+    sentinel_farm.kill(old, "KILL")
+    took = wait_until_every_user_is_served(watch, killed_at)
+
+    assert took is not None, f"not every user was served within {FOLLOW_WITHIN_S} s: {watch.statuses}"
+    assert redis_ha.primary_name(config) not in (None, old)
+    assert {name: sentinel_farm.pid(name) for name in pids} == pids  # followed, not restarted
+    assert set(watch.statuses) <= {200, 503}, watch.statuses
+    assert watch.wrong_bodies == []
+    wait_failover_ready(sentinel_farm)  # the old primary is back, as an in-sync replica
+
+
+def test_manual_failover_without_a_crash_is_followed(sentinel_farm: NativeFarm, watch: Watch) -> None:
+    """The old primary stays alive and is demoted (READONLY for writes; Sentinel also closes its clients)."""
+    config = sentinel_farm.config
+    wait_failover_ready(sentinel_farm)
+    old = redis_ha.primary_name(config)
+    started = time.monotonic()
+    with redis.Redis(port=config.sentinel_ports[0]) as sentinel:
+        assert sentinel.sentinel_failover(SENTINEL_MASTER)
+    while redis_ha.primary_name(config) in (None, old):
+        assert time.monotonic() - started < FOLLOW_WITHIN_S, "the Sentinels did not fail over"
+        time.sleep(0.1)
+    took = wait_until_every_user_is_served(watch, time.monotonic())
+
+    assert took is not None, f"not every user was served within {FOLLOW_WITHIN_S} s: {watch.statuses}"
+    assert set(watch.statuses) <= {200, 503}, watch.statuses
+    assert watch.wrong_bodies == []
