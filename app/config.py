@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     session_backend: SessionBackend = SessionBackend.REDIS
     session_cookie: str = Field("webfarm_session", description="Name of the session cookie.")
     session_idle_timeout_s: int = Field(30 * 60, gt=0, description="Sliding idle expiry.")
+    session_near_cache_s: float = Field(
+        2.0, ge=0, description="Max age of a near-cached session identity; 0 turns the near cache off.")
     session_absolute_timeout_s: int = Field(8 * 3600, gt=0, description="Hard cap since login.")
 
     login_max_failures_per_account: int = Field(5, ge=1, description="Then 429 until the window ends.")

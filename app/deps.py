@@ -14,27 +14,27 @@ from app.users import UserStore
 NOT_SIGNED_IN = "not signed in"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> SessionStore:
+async def get_store(request: Request) -> SessionStore:
     store: SessionStore = request.app.state.sessions
     return store
 
 
-def get_users(request: Request) -> UserStore:
+async def get_users(request: Request) -> UserStore:
     users: UserStore = request.app.state.users
     return users
 
 
-def get_presence(request: Request) -> Presence:
+async def get_presence(request: Request) -> Presence:
     presence: Presence = request.app.state.presence
     return presence
 
 
-def get_throttle(request: Request) -> LoginThrottle:
+async def get_throttle(request: Request) -> LoginThrottle:
     throttle: LoginThrottle = request.app.state.throttle
     return throttle
 
@@ -61,7 +61,7 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def session_token(request: Request, settings: SettingsDep) -> str:
+async def session_token(request: Request, settings: SettingsDep) -> str:
     """The raw token from the cookie; 401 when absent or not even shaped like one of ours."""
     token = raw_token(request, settings)
     if session_id(token) is None:
@@ -72,14 +72,28 @@ def session_token(request: Request, settings: SettingsDep) -> str:
 SessionToken = Annotated[str, Depends(session_token)]
 
 
-async def current_session(token: SessionToken, store: StoreDep) -> Session:
-    session = await store.touch(token)
+# The two below run on every authenticated request: flat (no nested dependencies) and async
+# (FastAPI runs plain `def` dependencies in a thread pool, which costs more than they do).
+async def current_session(request: Request) -> Session:
+    """The caller's whole session, cart included, read from the store."""
+    state = request.app.state
+    session: Session | None = await state.sessions.touch(raw_token(request, state.settings))
+    if session is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
+    return session
+
+
+async def current_identity(request: Request) -> Session:
+    """Who the caller is (the cart left out), possibly from the near cache."""
+    state = request.app.state
+    session: Session | None = await state.sessions.identify(raw_token(request, state.settings))
     if session is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
     return session
 
 
 CurrentSession = Annotated[Session, Depends(current_session)]
+CurrentIdentity = Annotated[Session, Depends(current_identity)]
 
 
 async def optional_session(request: Request, settings: SettingsDep, store: StoreDep) -> Session | None:
@@ -91,7 +105,7 @@ async def optional_session(request: Request, settings: SettingsDep, store: Store
 MaybeSession = Annotated[Session | None, Depends(optional_session)]
 
 
-def same_origin(request: Request) -> None:
+async def same_origin(request: Request) -> None:
     """Refuse state-changing requests that a browser marks as coming from another site.
 
     Browsers send Origin (and Sec-Fetch-Site) on cross-site POSTs; a page elsewhere cannot

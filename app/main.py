@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app import api, pages, sentinel
 from app.config import SessionBackend, Settings, get_settings
 from app.middleware import ServedByMiddleware
+from app.nearcache import NearCachedStore
 from app.presence import Presence
 from app.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 from app.throttle import LoginThrottle
@@ -27,7 +28,7 @@ from app.users import UserStore
 log = logging.getLogger("webfarm")
 
 
-def connect_redis(settings: Settings) -> Redis:
+def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
     """A client that fails fast and bounded: a few quick retries, then the error surfaces as 503.
 
     The pool blocks (briefly) when every connection is busy instead of failing at once, which
@@ -42,7 +43,7 @@ def connect_redis(settings: Settings) -> Redis:
         decode_responses=True,
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries),
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries if retries is None else retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
@@ -53,11 +54,16 @@ def make_session_store(settings: Settings, redis: Redis) -> SessionStore:
     if settings.session_backend is SessionBackend.MEMORY:
         log.warning("SESSION_BACKEND=memory: sessions live in this process only (the in-proc anti-pattern)")
         return MemorySessionStore(settings.session_idle_timeout_s, settings.session_absolute_timeout_s)
-    return RedisSessionStore(
+    store = RedisSessionStore(
         redis, settings.key_prefix, settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
         # Behind Sentinel a login waits until the replica has the session too (see RedisSessionStore).
         replicas_to_wait=1 if settings.redis_sentinels else 0, wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
+    if settings.session_near_cache_s > 0:
+        # The subscription gets a client of its own that never retries (see NearCachedStore).
+        return NearCachedStore(store, redis, connect_redis(settings, retries=0),
+                               settings.session_near_cache_s, settings.stats_flush_interval_s)
+    return store
 
 
 async def ensure_demo_user(users: UserStore, settings: Settings) -> None:
@@ -81,16 +87,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sessions = app.state.sessions
         tasks = [asyncio.create_task(presence.run()),
                  asyncio.create_task(ensure_demo_user(app.state.users, settings))]
+        if isinstance(sessions, NearCachedStore):
+            tasks += [asyncio.create_task(sessions.listen()), asyncio.create_task(sessions.run_flusher())]
         try:
             yield
         finally:
+            if isinstance(sessions, NearCachedStore):
+                sessions.stop()
+                with suppress(RedisError):
+                    await sessions.flush()  # hand the counted requests over before going
             for task in tasks:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
             await sentinel.close(redis)
+            if isinstance(sessions, NearCachedStore):
+                await sentinel.close(sessions.subscriber)
 
     app = FastAPI(title="webfarm", version="1.0.0", lifespan=lifespan)
     app.state.settings = settings

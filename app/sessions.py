@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis
 
@@ -69,6 +69,12 @@ class SessionStore(ABC):
     @abstractmethod
     async def touch(self, token: str, add_item: tuple[str, int] | None = None) -> Session | None:
         """Validate, count the request, slide the idle expiry and optionally add to the cart."""
+
+    async def identify(self, token: str) -> Session | None:
+        """Who holds this token - identity only, the cart left empty. A store may answer it from
+        a cache; use `touch` for anything that needs the cart."""
+        session = await self.touch(token)
+        return replace(session, cart={}) if session else None
 
     @abstractmethod
     async def delete(self, token: str) -> None:
@@ -132,11 +138,11 @@ class RedisSessionStore(SessionStore):
         self.prefix = prefix
         self.replicas_to_wait = replicas_to_wait
         self.wait_timeout_ms = wait_timeout_ms
-        self._live_key = f"{prefix}:live-sessions"
+        self.live_key = f"{prefix}:live-sessions"
         self._create = redis.register_script(self._CREATE)
         self._touch = redis.register_script(self._TOUCH)
 
-    def _key(self, sid: str) -> str:
+    def key(self, sid: str) -> str:
         return f"{self.prefix}:session:{sid}"
 
     def _user_key(self, username: str) -> str:
@@ -146,7 +152,7 @@ class RedisSessionStore(SessionStore):
         token = new_token()
         sid = session_id(token)
         assert sid is not None
-        keys = [self._key(sid), self._live_key, self._user_key(username)]
+        keys = [self.key(sid), self.live_key, self._user_key(username)]
         args: list[str | int] = [sid, username, created_on, self.idle_ms, self.absolute_ms]
         if not self.replicas_to_wait:
             now_ms = await self._create(keys, args)
@@ -167,7 +173,7 @@ class RedisSessionStore(SessionStore):
             return None
         item_field, qty = (_CART_PREFIX + add_item[0], add_item[1]) if add_item else ("", 0)
         reply = await self._touch(
-            [self._key(sid), self._live_key], [sid, self.idle_ms, self.absolute_ms, item_field, qty]
+            [self.key(sid), self.live_key], [sid, self.idle_ms, self.absolute_ms, item_field, qty]
         )
         if not reply:
             return None
@@ -178,23 +184,23 @@ class RedisSessionStore(SessionStore):
         if sid is None:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(sid))
-            pipe.zrem(self._live_key, sid)
+            pipe.delete(self.key(sid))
+            pipe.zrem(self.live_key, sid)
             await pipe.execute()
 
     async def delete_user(self, username: str) -> int:
         sids = await self.redis.smembers(self._user_key(username))
         async with self.redis.pipeline(transaction=True) as pipe:
             for sid in sids:
-                pipe.delete(self._key(str(sid)))
-                pipe.zrem(self._live_key, sid)
+                pipe.delete(self.key(str(sid)))
+                pipe.zrem(self.live_key, sid)
             pipe.delete(self._user_key(username))
             results = await pipe.execute()
         return sum(results[0:-1:2])
 
     async def count_live(self) -> int:
         now_ms = int(time.time() * 1000)
-        return int(await self.redis.zcount(self._live_key, now_ms, "+inf"))
+        return int(await self.redis.zcount(self.live_key, now_ms, "+inf"))
 
 
 @dataclass

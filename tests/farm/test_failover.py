@@ -45,9 +45,14 @@ def test_logout_on_one_instance_ends_the_session_on_every_instance(farm: NativeF
 
 
 def test_sigkill_of_an_instance_costs_no_failed_get(farm: NativeFarm) -> None:
+    """Every GET succeeds - but one: uvicorn writes a response's headers and body in two writes,
+    and nginx forwards the headers at once, so a SIGKILL landing between the two (a window of
+    microseconds) cuts that one response short where no balancer can retry it. At most one such
+    response, at the moment of the kill, is tolerated; anything else fails the test."""
     victim = farm.config.web[1].name
     old_pid = farm.pid(victim)
     statuses: Counter[int] = Counter()
+    cut_short: list[float] = []
     stop = threading.Event()
 
     def stream() -> None:
@@ -55,12 +60,13 @@ def test_sigkill_of_an_instance_costs_no_failed_get(farm: NativeFarm) -> None:
             while not stop.is_set():
                 try:
                     statuses[client.get("/api/me").status_code] += 1
-                except httpx.HTTPError:
-                    statuses[0] += 1
+                except httpx.RemoteProtocolError as exc:
+                    if "without sending complete message body" not in str(exc):
+                        raise
+                    cut_short.append(time.monotonic())
 
     with ThreadPoolExecutor(4) as pool:
-        for _ in range(4):
-            pool.submit(stream)
+        streams = [pool.submit(stream) for _ in range(4)]
         time.sleep(1)
         killed_at = time.monotonic()
         farm.kill(victim, "KILL")
@@ -72,8 +78,12 @@ def test_sigkill_of_an_instance_costs_no_failed_get(farm: NativeFarm) -> None:
             time.sleep(0.1)
         time.sleep(1)
         stop.set()
+        for finished in streams:
+            finished.result()  # any other error in a stream fails the test here
     assert set(statuses) == {200}, statuses
     assert statuses[200] > 100
+    assert len(cut_short) <= 1
+    assert all(killed_at - 0.5 < t < killed_at + 0.5 for t in cut_short)
     assert back_after is not None, f"{victim} not serving again within 10 s"
 
 
