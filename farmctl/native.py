@@ -262,6 +262,9 @@ class NativeFarm:
         ha = replace(self.config, redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
         ports = ha.redis_nodes | ha.sentinels | ports
         info = {p["name"]: p for p in self._rpc().getAllProcessInfo()}
+        # Instances beyond this config's N (a `make scale` done without N now) follow the same scheme.
+        ports |= {name: self.config.base_port + int(name[3:]) - 1 for name in info
+                  if name.startswith("web") and name[3:].isdigit() and name not in ports}
         return [ProcessStatus(name, ports.get(name, 0), int(p["pid"]), str(p["statename"]))
                 for name, p in info.items()]
 
