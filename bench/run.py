@@ -1,7 +1,6 @@
 """Start what is measured (a farm, a farm with in-process sessions, the peer libraries), then
 measure every configuration with wrk, round after round, in alternating order."""
 
-import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import httpx
 from bench.cpu import CpuUse, children, cpu_use, snapshot
 from bench.wrk import WrkResult, run_wrk
 from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, PROXY_SOURCE, FarmConfig
-from farmctl.native import FarmError, NativeFarm, port_is_free
+from farmctl.native import FarmError, NativeFarm, free_port_block
 
 DEMO_CREDENTIALS = {"username": "demo", "password": "demo-password"}
 #: name -> uvicorn factory of the peer apps in bench/peers.py
@@ -80,14 +79,6 @@ class Stage:
                 elif proc.name.startswith(("redis", "sentinel")):
                     redis.append(proc.pid)
         return {"app": app, "nginx": nginx, "redis": redis}
-
-
-def free_port_block(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        if all(port_is_free(p) for p in range(base, base + count)):
-            return base
-    raise BenchError(f"no block of {count} free ports on 127.0.0.1")
 
 
 @contextmanager

@@ -4,6 +4,7 @@ supervisord is the process supervisor (it restarts whatever dies); this module o
 its config, starts it, and talks to it over its XML-RPC socket."""
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,16 @@ class ProcessStatus:
     @property
     def up(self) -> bool:
         return self.state == "RUNNING"
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free loopback ports, picked at random so that parallel
+    or leftover runs do not collide."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        if all(port_is_free(p) for p in range(base, base + count)):
+            return base
+    raise FarmError(f"no block of {count} free ports on 127.0.0.1")
 
 
 def port_is_free(port: int) -> bool:

@@ -5,16 +5,9 @@ import os
 import sys
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
-from farmctl.native import FarmError, NativeFarm, port_is_free
+from farmctl.native import FarmError, NativeFarm, free_port_block
 from loadtest.report import verdict_table
 from loadtest.run import SCENARIOS, LoadSpec, comparison_table, run_scenario, write_comparison
-
-
-def free_block(count: int, start: int = 18000) -> int:
-    base = start
-    while not all(port_is_free(p) for p in range(base, base + count)):
-        base += count
-    return base
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = {}
         for name, (backend, balance) in SCENARIOS.items():
             slug = name.replace(" + ", "-").replace(" ", "")
-            base = free_block(instances + 3)
+            base = free_port_block(instances + 3)
             config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
                                 base_port=base + 3,
                                 session_backend=backend, balance=balance,

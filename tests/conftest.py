@@ -1,6 +1,5 @@
 """Fixtures that start REAL parts on free loopback ports: a bare Redis, and whole farms."""
 
-import random
 import shutil
 import subprocess
 import time
@@ -11,18 +10,9 @@ import pytest
 import redis
 
 from farmctl.config import FarmConfig
-from farmctl.native import NativeFarm, port_is_free
+from farmctl.native import NativeFarm, free_port_block
 
 FarmFactory = Callable[..., NativeFarm]
-
-
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive free ports, picked at random so parallel runs do not collide."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        if all(port_is_free(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError(f"no block of {count} free ports")
 
 
 @pytest.fixture(scope="session")

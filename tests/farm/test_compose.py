@@ -18,8 +18,8 @@ from jsonschema import Draft7Validator
 
 from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT
 from farmctl.docker import DOCKER_SENTINELS, engine_available
+from farmctl.native import free_port_block
 from farmctl.render import DOCKER_INSTANCES, render_nginx_docker
-from tests.conftest import free_port_block
 
 COMPOSE_FILE = PROJECT_ROOT / "compose.yaml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
