@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 
 from app.config import Settings
 from app.deps import (
-    NOT_SIGNED_IN,
     CurrentIdentity,
     CurrentSession,
     PresenceDep,
@@ -22,6 +21,7 @@ from app.deps import (
     cookie_name,
     raw_token,
     same_origin,
+    signed_in,
 )
 from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, PasswordChange, UserOut
 from app.sessions import Session, SessionStore
@@ -163,10 +163,7 @@ async def get_cart(session: CurrentSession) -> Cart:
 @state_changing.post("/api/cart/items", response_model=Cart, responses=NEEDS_SESSION, tags=["session"])
 async def add_to_cart(item: CartItem, token: SessionToken, store: StoreDep) -> Cart:
     """Atomic: concurrent adds through different instances all count."""
-    session = await store.touch(token, add_item=(item.sku, item.qty))
-    if session is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
-    return Cart(items=session.cart)
+    return Cart(items=signed_in(await store.touch(token, add_item=(item.sku, item.qty))).cart)
 
 
 @router.get("/api/farm", response_model=FarmOut, responses=STORE_DOWN, tags=["ops"])

@@ -72,24 +72,24 @@ async def session_token(request: Request, settings: SettingsDep) -> str:
 SessionToken = Annotated[str, Depends(session_token)]
 
 
+def signed_in(session: Session | None) -> Session:
+    if session is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
+    return session
+
+
 # The two below run on every authenticated request: flat (no nested dependencies) and async
 # (FastAPI runs plain `def` dependencies in a thread pool, which costs more than they do).
 async def current_session(request: Request) -> Session:
     """The caller's whole session, cart included, read from the store."""
     state = request.app.state
-    session: Session | None = await state.sessions.touch(raw_token(request, state.settings))
-    if session is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
-    return session
+    return signed_in(await state.sessions.touch(raw_token(request, state.settings)))
 
 
 async def current_identity(request: Request) -> Session:
     """Who the caller is (the cart left out), possibly from the near cache."""
     state = request.app.state
-    session: Session | None = await state.sessions.identify(raw_token(request, state.settings))
-    if session is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
-    return session
+    return signed_in(await state.sessions.identify(raw_token(request, state.settings)))
 
 
 CurrentSession = Annotated[Session, Depends(current_session)]
