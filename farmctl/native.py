@@ -43,9 +43,14 @@ class ProcessStatus:
 
 def free_port_block(count: int) -> int:
     """The first of `count` consecutive free loopback ports, picked at random so that parallel
-    or leftover runs do not collide."""
+    or leftover runs do not collide - and below the kernel's ephemeral range, where any outgoing
+    connection (to Redis, nginx's to an instance) could take a port between this check and the bind."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(10000, max(ephemeral_low, 10000 + 2 * count) - count)
         if all(port_is_free(p) for p in range(base, base + count)):
             return base
     raise FarmError(f"no block of {count} free ports on 127.0.0.1")
