@@ -90,13 +90,18 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=SHOTS / name, full_page=True)
 
 
-def sign_in(page: Page, username: str, password: str) -> None:
-    page.goto("/login")
+def submit_credentials(page: Page, username: str, password: str) -> None:
+    """Fill and send the login or register form on the current page; land on the dashboard."""
     page.fill("#username", username)
     page.fill("#password", password)
     page.click("form button[type=submit]")
     page.wait_for_url("**/dashboard")
     expect(page.locator("h1")).to_have_text(f"Signed in as {username}")
+
+
+def sign_in(page: Page, username: str, password: str) -> None:
+    page.goto("/login")
+    submit_credentials(page, username, password)
 
 
 def reload(page: Page) -> int:
@@ -142,11 +147,7 @@ def test_sigkill_of_the_serving_instance_keeps_user_signed_in_with_cart(e2e_farm
     screenshot(page, "login.png")
     page.click("text=Create one")
     page.wait_for_url("**/register")
-    page.fill("#username", user)
-    page.fill("#password", PASSWORD)
-    page.click("form button[type=submit]")
-    page.wait_for_url("**/dashboard")
-    expect(page.locator("h1")).to_have_text(f"Signed in as {user}")
+    submit_credentials(page, user, PASSWORD)
 
     seen = {served_by(page)}
     for _ in range(12):
