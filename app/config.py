@@ -2,9 +2,20 @@
 
 from enum import StrEnum
 from functools import lru_cache
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The CSRF secret of the demo; refused outside ENVIRONMENT=demo.
+DEMO_CSRF_SECRET = "webfarm-demo-only-change-me"  # noqa: S105 - public on purpose, refused in production
+
+
+class Environment(StrEnum):
+    #: `make up`, the tests: the demo account and the demo secret are allowed.
+    DEMO = "demo"
+    #: Anywhere else: a real CSRF_SECRET is required and no demo account is created.
+    PRODUCTION = "production"
 
 
 class SessionBackend(StrEnum):
@@ -18,6 +29,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
+    environment: Environment = Environment.DEMO
     instance_name: str = Field("web1", description="Shown in X-Served-By and in session records.")
     redis_url: str = Field("redis://127.0.0.1:6380/0", description="The shared session store.")
     redis_sentinels: str = Field(
@@ -43,23 +55,51 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Max age of a near-cached session identity; 0 turns the near cache off.")
     session_absolute_timeout_s: int = Field(8 * 3600, gt=0, description="Hard cap since login.")
 
-    login_max_failures_per_account: int = Field(5, ge=1, description="Then 429 until the window ends.")
-    login_max_failures_per_address: int = Field(100, ge=1, description="Per client IP, all accounts.")
+    login_max_attempts_per_pair: int = Field(
+        5, ge=1, description="Failed logins per account from one address; then 429 until the window ends.")
+    login_max_failures_per_account: int = Field(
+        100, ge=1, description="From all addresses; then only addresses that signed in to it before may try.")
+    login_max_failures_per_address: int = Field(
+        100, ge=1, description="At all accounts; then only accounts that signed in from it before may be tried.")
     login_failure_window_s: int = Field(15 * 60, ge=1)
+    register_max_per_address: int = Field(
+        30, ge=1, description="Registrations per client address per window (taken names count too).")
+    register_window_s: int = Field(10 * 60, ge=1)
 
-    demo_user: str | None = Field("demo", description="Created at start-up; empty disables it.")
+    cart_max_items: int = Field(50, ge=1, description="Different SKUs in one cart.")
+    cart_max_qty: int = Field(999, ge=1, description="Quantity of one SKU in one cart.")
+
+    demo_user: str | None = Field("demo", description="Created at start-up, with ENVIRONMENT=demo only.")
     demo_password: str = Field("demo-password", min_length=8)
     demo_controls: bool = Field(False, description="Show the 'crash this instance' button.")
     csrf_secret: str = Field(
-        "webfarm-demo-only-change-me",
+        DEMO_CSRF_SECRET,
         min_length=16,
-        description="Signs CSRF tokens of the HTML forms; set a real secret in production.",
+        description="Signs CSRF tokens of the HTML forms. Required (32+ characters) outside ENVIRONMENT=demo.",
     )
+
+    proxy_secret: str = Field(
+        "", description="The balancer sends it with every request; only such requests may set the client's "
+                        "address and scheme (X-Forwarded-For/-Proto). Empty: those headers are never trusted.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="As nginx's client_max_body_size.")
+    max_headers: int = Field(100, ge=10, description="Header lines per request.")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="All header lines together.")
 
     argon2_time_cost: int = Field(2, ge=1)
     argon2_memory_kib: int = Field(19 * 1024, ge=8 * 1024, description="OWASP minimum: 19 MiB.")
 
     stats_flush_interval_s: float = Field(1.0, gt=0, description="Write-behind of request counts.")
+
+    @model_validator(mode="after")
+    def _no_demo_secrets_in_production(self) -> Self:
+        """As the full-stack FastAPI template does: a public default is fine for a demo, fatal elsewhere."""
+        if self.environment is Environment.PRODUCTION:
+            if self.csrf_secret == DEMO_CSRF_SECRET or len(self.csrf_secret) < 32:
+                raise ValueError("ENVIRONMENT=production needs CSRF_SECRET: 32+ random characters, "
+                                 "e.g. `openssl rand -hex 32`")
+            self.demo_user = None
+            self.demo_controls = False
+        return self
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

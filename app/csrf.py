@@ -1,8 +1,11 @@
-"""CSRF tokens for the HTML forms: an HMAC of whatever identifies the browser.
+"""CSRF protection of the HTML forms, in two layers:
 
-Signed in, that is the session token (so a token dies with its session); before signing in,
-a random pre-session cookie. An attacker's page can neither read these cookies nor compute
-the HMAC without the server's secret."""
+- every form POST must come from our own origin (Origin / Sec-Fetch-Site, see deps.same_origin);
+- and carry a token: an HMAC, under the server's secret, of the session id - or, before signing
+  in, of a pre-session cookie that the server itself issued and signed. A cookie value the client
+  chose (planted by a sibling site or a man in the middle on plain HTTP) fails the signature, so
+  it cannot be paired with a token the attacker computed. Over HTTPS the pre-session cookie has
+  the __Host- prefix, so it cannot be planted at all."""
 
 import hashlib
 import hmac
@@ -10,30 +13,47 @@ import secrets
 
 from fastapi import Request, Response
 
+from app.auth import is_https
 from app.config import Settings
-from app.deps import raw_token
+from app.sessions import SessionKey
 
 PRE_SESSION_COOKIE = "webfarm_csrf"
 
 
-def _sign(settings: Settings, basis: str) -> str:
-    return hmac.new(settings.csrf_secret.encode(), basis.encode(), hashlib.sha256).hexdigest()
+def _sign(settings: Settings, purpose: str, value: str) -> str:
+    return hmac.new(settings.csrf_secret.encode(), f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
-def issue(request: Request, settings: Settings, new_session: str | None = None) -> tuple[str, str | None]:
-    """A token for the forms of this page, and a pre-session cookie value to set if one is needed."""
-    basis = new_session or raw_token(request, settings) or request.cookies.get(PRE_SESSION_COOKIE)
-    if basis:
-        return _sign(settings, basis), None
-    fresh = secrets.token_urlsafe(32)
-    return _sign(settings, fresh), fresh
+def cookie_name(request: Request) -> str:
+    return f"__Host-{PRE_SESSION_COOKIE}" if is_https(request) else PRE_SESSION_COOKIE
+
+
+def _pre_session(request: Request, settings: Settings) -> str | None:
+    """The pre-session cookie's nonce, if the cookie is one this server signed."""
+    nonce, _, signature = request.cookies.get(cookie_name(request), "").partition(".")
+    if nonce and hmac.compare_digest(_sign(settings, "cookie", nonce), signature):
+        return nonce
+    return None
+
+
+def issue(request: Request, settings: Settings, session: SessionKey | None) -> tuple[str, str | None]:
+    """A token for the forms of this page, and a pre-session cookie to set if one is needed."""
+    if session:
+        return _sign(settings, "session", session.id), None
+    nonce = _pre_session(request, settings)
+    if nonce:
+        return _sign(settings, "pre-session", nonce), None
+    nonce = secrets.token_urlsafe(32)
+    return _sign(settings, "pre-session", nonce), f"{nonce}.{_sign(settings, 'cookie', nonce)}"
 
 
 def set_pre_session_cookie(request: Request, response: Response, value: str) -> None:
-    response.set_cookie(PRE_SESSION_COOKIE, value, httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(cookie_name(request), value, httponly=True, samesite="strict", path="/",
+                        secure=is_https(request))
 
 
-def is_valid(request: Request, settings: Settings, token: str) -> bool:
-    bases = [raw_token(request, settings), request.cookies.get(PRE_SESSION_COOKIE)]
-    return any(basis and hmac.compare_digest(_sign(settings, basis), token) for basis in bases)
+def is_valid(request: Request, settings: Settings, session: SessionKey | None, token: str) -> bool:
+    if session and hmac.compare_digest(_sign(settings, "session", session.id), token):
+        return True
+    nonce = _pre_session(request, settings)
+    return nonce is not None and hmac.compare_digest(_sign(settings, "pre-session", nonce), token)

@@ -1,13 +1,15 @@
 """Request dependencies, as Annotated aliases so that route signatures read as declarations."""
 
+import secrets
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, status
 
+from app.auth import Auth
 from app.config import Settings
 from app.presence import Presence
-from app.sessions import Session, SessionStore, session_id
+from app.sessions import Session, SessionKey, SessionStore
 from app.throttle import LoginThrottle
 from app.users import UserStore
 
@@ -39,37 +41,24 @@ async def get_throttle(request: Request) -> LoginThrottle:
     return throttle
 
 
+async def get_auth(request: Request) -> Auth:
+    auth: Auth = request.app.state.auth
+    return auth
+
+
+async def session_key(request: Request) -> SessionKey | None:
+    """The session cookie, parsed once per request (FastAPI caches a dependency's value)."""
+    auth: Auth = request.app.state.auth
+    return auth.session_key(request)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[SessionStore, Depends(get_store)]
 UsersDep = Annotated[UserStore, Depends(get_users)]
 PresenceDep = Annotated[Presence, Depends(get_presence)]
 ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
-
-
-def cookie_name(request: Request, settings: Settings) -> str:
-    """Over HTTPS the cookie gets the __Host- prefix: Secure, no Domain, Path=/ - enforced by browsers."""
-    return f"__Host-{settings.session_cookie}" if request.url.scheme == "https" else settings.session_cookie
-
-
-def raw_token(request: Request, settings: Settings) -> str:
-    return request.cookies.get(cookie_name(request, settings), "")
-
-
-def client_address(request: Request) -> str:
-    """The client's IP. uvicorn takes it from X-Forwarded-For only when the connection came from
-    the balancer (--forwarded-allow-ips); anyone else's X-Forwarded-For is ignored."""
-    return request.client.host if request.client else "unknown"
-
-
-async def session_token(request: Request, settings: SettingsDep) -> str:
-    """The raw token from the cookie; 401 when absent or not even shaped like one of ours."""
-    token = raw_token(request, settings)
-    if session_id(token) is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
-    return token
-
-
-SessionToken = Annotated[str, Depends(session_token)]
+AuthDep = Annotated[Auth, Depends(get_auth)]
+MaybeKey = Annotated[SessionKey | None, Depends(session_key)]
 
 
 def signed_in(session: Session | None) -> Session:
@@ -78,31 +67,45 @@ def signed_in(session: Session | None) -> Session:
     return session
 
 
-# The two below run on every authenticated request: flat (no nested dependencies) and async
-# (FastAPI runs plain `def` dependencies in a thread pool, which costs more than they do).
-async def current_session(request: Request) -> Session:
+def required(key: SessionKey | None) -> SessionKey:
+    if key is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, NOT_SIGNED_IN)
+    return key
+
+
+async def current_session(request: Request, key: MaybeKey) -> Session:
     """The caller's whole session, cart included, read from the store."""
-    state = request.app.state
-    return signed_in(await state.sessions.touch(raw_token(request, state.settings)))
+    return signed_in(await request.app.state.sessions.touch(required(key)))
 
 
-async def current_identity(request: Request) -> Session:
+async def current_identity(request: Request, key: MaybeKey) -> Session:
     """Who the caller is (the cart left out), possibly from the near cache."""
-    state = request.app.state
-    return signed_in(await state.sessions.identify(raw_token(request, state.settings)))
+    return signed_in(await request.app.state.sessions.identify(required(key)))
+
+
+async def optional_session(request: Request, key: MaybeKey) -> Session | None:
+    """For pages: the session if there is a valid one, None (not 401) otherwise."""
+    return await request.app.state.sessions.touch(key) if key else None
 
 
 CurrentSession = Annotated[Session, Depends(current_session)]
 CurrentIdentity = Annotated[Session, Depends(current_identity)]
-
-
-async def optional_session(request: Request, settings: SettingsDep, store: StoreDep) -> Session | None:
-    """For pages: the session if there is a valid one, None (not 401) otherwise."""
-    token = raw_token(request, settings)
-    return await store.touch(token) if session_id(token) else None
-
-
 MaybeSession = Annotated[Session | None, Depends(optional_session)]
+
+
+async def idempotency_key(key: Annotated[str | None, Header(alias="Idempotency-Key", pattern=r"^[A-Za-z0-9_-]{8,64}$",
+                                                               description="Repeat a write with the same key and "
+                                                                           "it applies once.")] = None) -> str:
+    """The client's key for a write, or a fresh one: either way the write applies once, even when
+    the Redis client repeats it after a dropped connection."""
+    return key or request_id()
+
+
+def request_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+IdempotencyKey = Annotated[str, Depends(idempotency_key)]
 
 
 async def same_origin(request: Request) -> None:
@@ -113,6 +116,6 @@ async def same_origin(request: Request) -> None:
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     origin = request.headers.get("origin")
-    cross_site = request.headers.get("sec-fetch-site") == "cross-site"
+    cross_site = request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
     if cross_site or (origin and urlsplit(origin).netloc != request.headers.get("host")):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")

@@ -3,66 +3,44 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from argon2 import PasswordHasher
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import api, pages, sentinel
+from app import api, pages, redis_client
+from app.auth import Auth
 from app.config import SessionBackend, Settings, get_settings
-from app.middleware import ServedByMiddleware
-from app.nearcache import NearCachedStore
+from app.middleware import RequestLimitsMiddleware, ServedByMiddleware, TrustedProxyMiddleware
 from app.presence import Presence
-from app.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from app.sessions import Limits, MemorySessionStore, NearCache, RedisSessionStore, SessionStore
 from app.throttle import LoginThrottle
 from app.users import UserStore
 
 log = logging.getLogger("webfarm")
 
 
-def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
-    """A client that fails fast and bounded: a few quick retries, then the error surfaces as 503.
-
-    The pool blocks (briefly) when every connection is busy instead of failing at once, which
-    redis-py's default pool does past 100 connections under a burst. With REDIS_SENTINELS, the
-    primary is whichever node the Sentinels name (see app/sentinel.py)."""
-    if settings.redis_sentinels:
-        return sentinel.connect_sentinel(settings)
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        decode_responses=True,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries if retries is None else retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=30,
-    )
-    return Redis.from_pool(pool)
-
-
 def make_session_store(settings: Settings, redis: Redis) -> SessionStore:
+    limits = Limits(settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
+                    settings.cart_max_items, settings.cart_max_qty)
     if settings.session_backend is SessionBackend.MEMORY:
         log.warning("SESSION_BACKEND=memory: sessions live in this process only (the in-proc anti-pattern)")
-        return MemorySessionStore(settings.session_idle_timeout_s, settings.session_absolute_timeout_s)
+        return MemorySessionStore(limits)
     store = RedisSessionStore(
-        redis, settings.key_prefix, settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
+        redis, settings.key_prefix, limits,
         # Behind Sentinel a login waits until the replica has the session too (see RedisSessionStore).
         replicas_to_wait=1 if settings.redis_sentinels else 0, wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     if settings.session_near_cache_s > 0:
-        # The subscription gets a client of its own that never retries (see NearCachedStore).
-        return NearCachedStore(store, redis, connect_redis(settings, retries=0),
-                               settings.session_near_cache_s, settings.stats_flush_interval_s)
+        # The subscription gets a client of its own that never retries (see NearCache).
+        return NearCache(store, redis, redis_client.connect_redis(settings, retries=0), settings.key_prefix,
+                         settings.session_near_cache_s, settings.stats_flush_interval_s)
     return store
 
 
@@ -82,48 +60,46 @@ async def ensure_demo_user(users: UserStore, settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    redis = connect_redis(settings)
+    redis = redis_client.connect_redis(settings)
     presence = Presence(redis, settings.key_prefix, settings.instance_name, settings.stats_flush_interval_s)
+    sessions = make_session_store(settings, redis)
+    users = UserStore(redis, settings.key_prefix,
+                      PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib))
+    throttle = LoginThrottle(
+        redis, settings.key_prefix, settings.login_max_attempts_per_pair, settings.login_max_failures_per_account,
+        settings.login_max_failures_per_address, settings.login_failure_window_s,
+        settings.register_max_per_address, settings.register_window_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sessions = app.state.sessions
-        tasks = [asyncio.create_task(presence.run()),
-                 asyncio.create_task(ensure_demo_user(app.state.users, settings))]
-        if isinstance(sessions, NearCachedStore):
-            tasks += [asyncio.create_task(sessions.listen()), asyncio.create_task(sessions.run_flusher())]
-        try:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(redis_client.close, redis)
+            if isinstance(sessions, NearCache):
+                stack.push_async_callback(redis_client.close, sessions.subscriber)
+            await stack.enter_async_context(sessions)
+            for job in (presence.run(), ensure_demo_user(users, settings)):
+                task = asyncio.create_task(job)
+                stack.callback(task.cancel)
             yield
-        finally:
-            if isinstance(sessions, NearCachedStore):
-                sessions.stop()
-                with suppress(RedisError):
-                    await sessions.flush()  # hand the counted requests over before going
-            for task in tasks:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-            await sentinel.close(redis)
-            if isinstance(sessions, NearCachedStore):
-                await sentinel.close(sessions.subscriber)
 
     app = FastAPI(title="webfarm", version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.redis = redis
     app.state.presence = presence
-    app.state.sessions = make_session_store(settings, redis)
-    app.state.users = UserStore(
-        redis, settings.key_prefix,
-        PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib),
-    )
-    app.state.throttle = LoginThrottle(
-        redis, settings.key_prefix, settings.login_max_failures_per_account,
-        settings.login_max_failures_per_address, settings.login_failure_window_s,
-    )
+    app.state.sessions = sessions
+    app.state.users = users
+    app.state.throttle = throttle
+    app.state.auth = Auth(settings, sessions, users, throttle)
     app.include_router(api.router)
     app.include_router(api.state_changing)
     app.include_router(pages.router)
+    app.include_router(pages.forms)
+    # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=presence)
+    app.add_middleware(TrustedProxyMiddleware, secret=settings.proxy_secret)
+    app.add_middleware(RequestLimitsMiddleware, max_body=settings.max_body_bytes, max_headers=settings.max_headers,
+                       max_header_bytes=settings.max_header_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -137,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
         log.warning("session store unavailable: %s: %s", type(exc).__name__, exc)
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError):
-            await sentinel.forget_primary(request.app.state.redis)
+            await redis_client.forget_primary(request.app.state.redis)
         return JSONResponse({"detail": "session store unavailable"}, status_code=503,
                             headers={"Retry-After": "1"})
 

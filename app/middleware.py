@@ -1,14 +1,96 @@
-"""Pure-ASGI middleware: stamp every response with the instance's name and count it."""
+"""Pure-ASGI middleware, outermost first: which requests we accept at all, whom we trust to say
+where a request came from, and the stamp every response gets."""
 
+import hmac
+import json
+
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.presence import Presence
 
+#: Set by the balancer on every request it forwards (see nginx/nginx.conf.j2); only a request that
+#: carries the farm's proxy secret may tell us the client's address and scheme.
+PROXY_HEADER = b"x-webfarm-proxy"
+
+
+async def send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestLimitsMiddleware:
+    """What one request may make an instance spend, enforced here and not only by nginx (anything
+    on the host can reach an instance directly): the header count and size (431) and the body size
+    (413), read in chunks and refused as soon as it goes over - never buffered whole."""
+
+    def __init__(self, app: ASGIApp, max_body: int, max_headers: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        if len(headers) > self.max_headers or sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+            await send_json(send, 431, "request headers too large")
+            return
+        length = next((v for k, v in headers if k == b"content-length"), b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            await send_json(send, 413 if length.isdigit() else 400,
+                            "request body too large" if length.isdigit() else "bad Content-Length")
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            """A chunked body has no Content-Length: count as it comes."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    # An HTTPException passes FastAPI's body parsing untouched and becomes the JSON 413.
+                    raise HTTPException(413, "request body too large")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class TrustedProxyMiddleware:
+    """Take the client's address and scheme from X-Forwarded-For / -Proto only when the request
+    carries the balancer's secret. Trusting a source address instead (uvicorn's
+    --forwarded-allow-ips) trusts every local process that can connect from it."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self.app = app
+        self.secret = secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.secret:
+            headers = dict(scope["headers"])
+            if hmac.compare_digest(headers.get(PROXY_HEADER, b""), self.secret):
+                forwarded_for = headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[-1].strip()
+                proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").strip()
+                scope = dict(scope)
+                if forwarded_for:
+                    scope["client"] = (forwarded_for, 0)
+                if proto in ("http", "https"):
+                    scope["scheme"] = proto
+        await self.app(scope, receive, send)
+
 
 class ServedByMiddleware:
+    """Stamp every response with the instance's name (and count it); responses from the app are
+    never cached (they are per user, or about the farm's state right now)."""
+
     def __init__(self, app: ASGIApp, instance: str, presence: Presence | None = None) -> None:
         self.app = app
-        self.header = (b"x-served-by", instance.encode())
+        self.headers = [(b"x-served-by", instance.encode())]
         self.presence = presence
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -20,7 +102,10 @@ class ServedByMiddleware:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self.header]
+                headers = [*message.get("headers", []), *self.headers]
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_header)

@@ -1,6 +1,6 @@
 """The JSON API's request and response bodies."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 USERNAME_PATTERN = r"^[a-z0-9_.-]{3,32}$"
 SKU_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
@@ -29,7 +29,7 @@ class CartItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: str = Field(pattern=SKU_PATTERN)
-    qty: int = Field(ge=1, le=100)
+    qty: StrictInt = Field(ge=1, le=100, description="An integer: \"5\", 5.0 and true are refused")
 
 
 class Cart(BaseModel):

@@ -1,12 +1,61 @@
-"""Brute-force throttling of logins, counted in Redis so that N instances share one allowance.
+"""Brute-force throttling of logins and registrations, counted in Redis so that N instances
+share one allowance.
 
-An in-process counter would give an attacker N times the attempts behind a round-robin
-balancer; here every instance increments the same keys. Failures are counted per account and per
-client address within a fixed window; a success clears the account's count."""
+Each attempt is decided and counted in ONE script (INCR-first): N concurrent guesses at one
+account evaluate at most the limit, whichever instances they land on. The policy follows
+OWASP's Authentication cheat sheet, so that a lockout is not a denial of service for others:
+
+- per (account, address) pair: `per_pair` failures, then 429 for that pair until the window ends;
+- per account, from all addresses (distributed guessing), and per address, at all accounts
+  (password spraying): past `per_account` / `per_address` failures, only pairs that have signed
+  in successfully before ("known" pairs, remembered for 30 days) may still try.
+
+So an attacker at your address cannot lock you out of an account you have used from there, and
+an attacker elsewhere cannot lock you out at all; a brand-new pair behind an attacked address
+waits for the window. The `limits` library was considered: it counts one key at a time, and this
+decision spans three counters and the known-pair exemption atomically, so it is one small script."""
 
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
+KNOWN_PAIR_MS = 30 * 24 * 3600 * 1000
+
+# KEYS: pair, account, address, known-pair. ARGV: window_ms, per_pair, per_account, per_address.
+# Returns 0 (go ahead, counted) or the milliseconds until the blocking counter's window ends.
+_ATTEMPT = """
+local known = redis.call('EXISTS', KEYS[4]) == 1
+local limits = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
+for i = 1, 3 do
+    if (i == 1 or not known) and tonumber(redis.call('GET', KEYS[i]) or '0') >= limits[i] then
+        return math.max(redis.call('PTTL', KEYS[i]), 1)
+    end
+end
+for i = 1, 3 do
+    redis.call('INCR', KEYS[i])
+    redis.call('PEXPIRE', KEYS[i], ARGV[1], 'NX')
+end
+return 0
+"""
+
+# KEYS: pair, account, address, known-pair. ARGV: known_pair_ms. The attempt was no failure after all.
+_SUCCEEDED = """
+redis.call('DEL', KEYS[1])
+for i = 2, 3 do
+    if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+redis.call('SET', KEYS[4], 1, 'PX', ARGV[1])
+"""
+
+# KEYS: counter. ARGV: window_ms, limit.
+_COUNT = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[2]) then
+    return math.max(redis.call('PTTL', KEYS[1]), 1)
+end
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -14,37 +63,36 @@ class Verdict:
     allowed: bool
     retry_after_s: int = 0
 
+    @classmethod
+    def from_wait_ms(cls, wait_ms: int) -> "Verdict":
+        return cls(True) if not wait_ms else cls(False, max(1, -(-int(wait_ms) // 1000)))
+
 
 class LoginThrottle:
-    def __init__(self, redis: Redis, prefix: str, per_account: int, per_address: int, window_s: int) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, prefix: str, per_pair: int, per_account: int, per_address: int,
+                 window_s: int, register_per_address: int, register_window_s: int) -> None:
         self.prefix = prefix
-        self.limits = (per_account, per_address)
+        self.limits = (per_pair, per_account, per_address)
         self.window_ms = window_s * 1000
+        self.register_limit = register_per_address
+        self.register_window_ms = register_window_s * 1000
+        self._attempt = redis.register_script(_ATTEMPT)
+        self._succeeded = redis.register_script(_SUCCEEDED)
+        self._count = redis.register_script(_COUNT)
 
-    def _keys(self, username: str, address: str) -> tuple[str, str]:
-        return f"{self.prefix}:login-failures:user:{username}", f"{self.prefix}:login-failures:addr:{address}"
+    def _keys(self, username: str, address: str) -> list[str]:
+        base = f"{self.prefix}:login-failures"
+        return [f"{base}:pair:{username}|{address}", f"{base}:user:{username}", f"{base}:addr:{address}",
+                f"{self.prefix}:login-known:{username}|{address}"]
 
-    async def check(self, username: str, address: str) -> Verdict:
-        """One round trip: both counters and their remaining lifetimes."""
-        keys = self._keys(username, address)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.pttl(key)
-            user_n, user_ttl, addr_n, addr_ttl = await pipe.execute()
-        blocked = [ttl for n, ttl, limit in ((user_n, user_ttl, self.limits[0]), (addr_n, addr_ttl, self.limits[1]))
-                   if n is not None and int(n) >= limit]
-        if blocked:
-            return Verdict(False, max(1, -(-max(blocked) // 1000)))
-        return Verdict(True)
-
-    async def failed(self, username: str, address: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for key in self._keys(username, address):
-                pipe.incr(key)
-                pipe.pexpire(key, self.window_ms, nx=True)
-            await pipe.execute()
+    async def attempt(self, username: str, address: str) -> Verdict:
+        """May this login attempt be evaluated? If so it is counted, as a failure until `succeeded`."""
+        return Verdict.from_wait_ms(await self._attempt(self._keys(username, address), [self.window_ms, *self.limits]))
 
     async def succeeded(self, username: str, address: str) -> None:
-        await self.redis.delete(self._keys(username, address)[0])
+        await self._succeeded(self._keys(username, address), [KNOWN_PAIR_MS])
+
+    async def register(self, address: str) -> Verdict:
+        """May this address register an account now? Counted either way the registration ends."""
+        key = f"{self.prefix}:registrations:addr:{address}"
+        return Verdict.from_wait_ms(await self._count([key], [self.register_window_ms, self.register_limit]))

@@ -1,5 +1,6 @@
 """Accounts, shared by every instance in Redis; passwords hashed with argon2id."""
 
+import secrets
 import time
 
 from anyio import to_thread
@@ -7,12 +8,24 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 
+# KEYS: user. ARGV: password hash, created_at, request id. Idempotent: the same request id
+# that created the account finds it created (a retry after a dropped connection is not a 409).
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    if redis.call('HGET', KEYS[1], 'created_by') == ARGV[3] then return 1 end
+    return 0
+end
+redis.call('HSET', KEYS[1], 'password_hash', ARGV[1], 'created_at', ARGV[2], 'created_by', ARGV[3])
+return 1
+"""
+
 
 class UserStore:
     def __init__(self, redis: Redis, prefix: str, hasher: PasswordHasher) -> None:
         self.redis = redis
         self.prefix = prefix
         self.hasher = hasher
+        self._create = redis.register_script(_CREATE)
         # Verified against when the user does not exist, so that "no such user" costs as much
         # time as "wrong password" and the two cannot be told apart.
         self._dummy_hash = hasher.hash("not-a-real-password")
@@ -21,13 +34,11 @@ class UserStore:
         return f"{self.prefix}:user:{username}"
 
     async def create(self, username: str, password: str) -> bool:
-        """Register a user; False if the name is taken (the check and the write are one HSETNX)."""
-        if await self.redis.exists(self._key(username)):
+        """Register a user; False if the name is taken (checked and written in one script)."""
+        if await self.redis.exists(self._key(username)):  # spare the hash for a name that is taken
             return False
         password_hash = await to_thread.run_sync(self.hasher.hash, password)
-        created = await self.redis.hsetnx(self._key(username), "password_hash", password_hash)
-        if created:
-            await self.redis.hset(self._key(username), "created_at", str(time.time()))
+        created = await self._create([self._key(username)], [password_hash, str(time.time()), secrets.token_hex(8)])
         return bool(created)
 
     async def authenticate(self, username: str, password: str) -> bool:

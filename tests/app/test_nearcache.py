@@ -8,9 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from app.config import Settings
-from app.main import connect_redis
-from app.nearcache import NearCachedStore
-from app.sessions import RedisSessionStore, new_token, session_id
+from app.redis_client import connect_redis
+from app.sessions import Limits, NearCache, RedisSessionStore, SessionKey
 
 
 @pytest.fixture
@@ -28,16 +27,24 @@ async def redis_no_retry(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def instances(redis: Redis, redis_no_retry: Redis) -> AsyncIterator[list[NearCachedStore]]:
+async def instances(redis: Redis, redis_no_retry: Redis) -> AsyncIterator[list[NearCache]]:
     """Two 'instances' sharing one Redis, each with its own near cache and subscription."""
-    stores = [NearCachedStore(RedisSessionStore(redis, "nc", 60, 3600), redis, redis_no_retry,
-                              max_age_s=30, flush_interval_s=60) for _ in range(2)]
-    tasks = [asyncio.create_task(s.listen()) for s in stores]
-    await wait_for(lambda: all(s.subscribed for s in stores))
-    yield stores
-    for store in stores:
-        store.stop()
-    await asyncio.gather(*tasks)
+    stores = [near_cache(redis, redis_no_retry, absolute_s=3600) for _ in range(2)]
+    async with stores[0], stores[1]:
+        await wait_for(lambda: all(s.subscribed for s in stores))
+        yield stores
+
+
+def near_cache(redis: Redis, subscriber: Redis, absolute_s: int) -> NearCache:
+    return NearCache(RedisSessionStore(redis, "nc", Limits(60, absolute_s)), redis, subscriber, "nc",
+                     max_age_s=30, flush_interval_s=60)
+
+
+async def start(store: NearCache) -> SessionKey:
+    name = SessionKey.new().token[:10].lower()
+    started = await store.create(name, "web1", await store.epoch(name))
+    assert started is not None
+    return started[0]
 
 
 async def wait_for(condition: object, timeout_s: float = 5) -> None:
@@ -49,82 +56,79 @@ async def wait_for(condition: object, timeout_s: float = 5) -> None:
     raise AssertionError("timed out")
 
 
-def user() -> str:
-    return new_token()[:10].lower()
-
-
 async def test_identify_is_served_from_the_cache_and_counted_behind(redis: Redis,
-                                                                   instances: list[NearCachedStore]) -> None:
+                                                                   instances: list[NearCache]) -> None:
     web1, _ = instances
-    token, _ = await web1.create(user(), "web1")
-    key = web1.inner.key(str(session_id(token)))
+    key = await start(web1)
+    redis_key = f"nc:session:{key.id}"
     for _ in range(10):
-        session = await web1.identify(token)
+        session = await web1.identify(key)
     assert session is not None
     assert session.requests == 10
-    assert await redis.hget(key, "requests") == "1"  # one real read; nine served from the cache
+    assert await redis.hget(redis_key, "requests") == "1"  # one real read; nine served from the cache
     await web1.flush()
-    assert await redis.hget(key, "requests") == "10"
-    assert (await web1.identify(token)).requests == 11  # type: ignore[union-attr]
+    assert await redis.hget(redis_key, "requests") == "10"
+    again = await web1.identify(key)
+    assert again is not None
+    assert again.requests == 11
 
 
 async def test_logout_on_one_instance_is_honoured_by_the_others_when_it_returns(
-        instances: list[NearCachedStore]) -> None:
+        instances: list[NearCache]) -> None:
     web1, web2 = instances
-    token, _ = await web1.create(user(), "web1")
-    assert await web2.identify(token) is not None  # now cached on web2
-    await web1.delete(token)
-    assert await web2.identify(token) is None
+    key = await start(web1)
+    assert await web2.identify(key) is not None  # now cached on web2
+    await web1.delete(key)
+    assert await web2.identify(key) is None
 
 
-async def test_sign_out_everywhere_empties_every_cache(instances: list[NearCachedStore]) -> None:
+async def test_sign_out_everywhere_empties_every_cache(instances: list[NearCache]) -> None:
     web1, web2 = instances
-    name = user()
-    tokens = [(await web1.create(name, "web1"))[0] for _ in range(3)]
-    for token in tokens:
-        assert await web2.identify(token) is not None
+    name = SessionKey.new().token[:10].lower()
+    keys = []
+    for _ in range(3):
+        started = await web1.create(name, "web1", await web1.epoch(name))
+        assert started is not None
+        keys.append(started[0])
+    for key in keys:
+        assert await web2.identify(key) is not None
     assert await web1.delete_user(name) == 3
-    assert [await web2.identify(t) for t in tokens] == [None, None, None]
+    assert [await web2.identify(k) for k in keys] == [None, None, None]
 
 
-async def test_a_dropped_channel_turns_the_cache_off(redis: Redis, instances: list[NearCachedStore]) -> None:
+async def test_a_dropped_channel_turns_the_cache_off(redis: Redis, instances: list[NearCache]) -> None:
     web1, web2 = instances
-    token, _ = await web1.create(user(), "web1")
-    assert await web2.identify(token) is not None
+    key = await start(web1)
+    assert await web2.identify(key) is not None
     await redis.client_kill_filter(_type="pubsub")
     await wait_for(lambda: not web2.subscribed)
     # Deleted behind the cache's back (no invalidation can reach it now): the cache must not answer.
-    await redis.delete(web2.inner.key(str(session_id(token))))
-    assert await web2.identify(token) is None
+    await redis.delete(f"nc:session:{key.id}")
+    assert await web2.identify(key) is None
     await wait_for(lambda: web2.subscribed)  # and it comes back by itself
 
 
 async def test_write_behind_never_brings_back_a_deleted_session(redis: Redis,
-                                                                instances: list[NearCachedStore]) -> None:
+                                                                instances: list[NearCache]) -> None:
     web1, _ = instances
-    token, _ = await web1.create(user(), "web1")
+    key = await start(web1)
     for _ in range(3):
-        await web1.identify(token)
-    key = web1.inner.key(str(session_id(token)))
-    await redis.delete(key)
+        await web1.identify(key)
+    await redis.delete(f"nc:session:{key.id}")
     await web1.flush()
-    assert not await redis.exists(key)
+    assert not await redis.exists(f"nc:session:{key.id}")
 
 
 async def test_the_cache_honours_the_absolute_timeout(redis: Redis, redis_no_retry: Redis) -> None:
-    store = NearCachedStore(RedisSessionStore(redis, "nc", 60, 1), redis, redis_no_retry,
-                            max_age_s=30, flush_interval_s=60)
-    listener = asyncio.create_task(store.listen())
-    await wait_for(lambda: store.subscribed)
-    token, _ = await store.create(user(), "web1")
-    assert await store.identify(token) is not None
-    await asyncio.sleep(1.1)
-    assert await store.identify(token) is None
-    store.stop()
-    await listener
+    async with near_cache(redis, redis_no_retry, absolute_s=1) as store:
+        await wait_for(lambda: store.subscribed)
+        key = await start(store)
+        assert await store.identify(key) is not None
+        await asyncio.sleep(1.1)
+        assert await store.identify(key) is None
 
 
-async def test_an_idle_subscription_costs_almost_no_cpu(instances: list[NearCachedStore]) -> None:
+async def test_an_idle_subscription_costs_almost_no_cpu(instances: list[NearCache]) -> None:
     """The listener waits for messages; it once answered its own pings in a busy loop."""
     started = time.process_time()
     await asyncio.sleep(2)

@@ -1,5 +1,12 @@
-"""Redis behind Sentinel (REDIS_SENTINELS): find the primary through the Sentinels, and follow a
-failover without restarting the instance.
+"""The instance's Redis client: a single Redis (REDIS_URL), or whichever node the Sentinels name
+primary (REDIS_SENTINELS).
+
+Commands are retried only after a connection error (a pooled connection that went stale when
+Redis restarted), never after a timeout: a command that timed out may still be applied once
+Redis gets to it, and writing it again could apply it twice. The writes that could still arrive
+twice (a retry after a connection drop) carry a request id and are applied once (see sessions.redis).
+
+Behind Sentinel the client must follow a failover without restarting the instance.
 
 redis-py asks the Sentinels for the primary's address only when a connection (re)connects, and
 three of its habits would keep an instance talking to the old primary:
@@ -22,7 +29,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import Settings
 
@@ -46,7 +54,28 @@ class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
         await self.disconnect(inuse_connections=False)
 
 
-def connect_sentinel(settings: Settings) -> Redis:
+def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
+    """A client that fails fast and bounded: a few quick retries on a dropped connection, then
+    the error surfaces as 503. The pool blocks (briefly) when every connection is busy instead of
+    failing at once, which redis-py's default pool does past its size under a burst."""
+    if settings.redis_sentinels:
+        return _connect_sentinel(settings)
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        # Retry's default list includes TimeoutError: named here so that it does not.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries if retries is None else retries,
+                    supported_errors=(RedisConnectionError,)),
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)
+
+
+def _connect_sentinel(settings: Settings) -> Redis:
     """A client of whichever node the Sentinels name primary, failing fast like the single-mode one."""
     no_retries = Retry(NoBackoff(), 0)
     timeouts: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout_s,

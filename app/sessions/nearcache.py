@@ -1,4 +1,6 @@
-"""A near cache of "who is this session", so that identity checks skip the Redis round trip.
+"""A near cache of "who is this session", in front of any store, so that identity checks skip
+the round trip to it. It uses only the store's public interface: the rules (expiry, epochs,
+indexes) live in the store alone.
 
 Correctness comes from Redis, not from timers:
 - every ending of a session (logout, sign-out-everywhere, password change) is PUBLISHed, and
@@ -10,9 +12,9 @@ Correctness comes from Redis, not from timers:
 - entries live at most `max_age_s` anyway, and never past the session's absolute timeout.
 
 Only identity is served from here (GET /api/me); anything that reads or changes the cart goes to
-Redis. The per-request counter and the idle-TTL slide are written behind, once per
-`flush_interval_s`, by a script that touches only sessions that still exist: a crash loses at most
-that interval's counts, and a flush never brings a deleted session back.
+the store. The requests counted from the cache are handed to the store once per
+`flush_interval_s` (`touch` with that count, which also slides the idle expiry and never brings
+a deleted session back): a crash loses at most that interval's counts.
 """
 
 import asyncio
@@ -20,91 +22,99 @@ import logging
 import secrets
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Self
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.sessions import RedisSessionStore, Session, SessionStore, session_id
+from app.sessions.base import CartAdd, Session, SessionKey, SessionStore
 
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_S = 0.2
 
 
-class NearCachedStore(SessionStore):
-    # KEYS: session, live-index. ARGV: sid, idle_ms, absolute_ms, requests to add.
-    _BUMP = """
-    local created = redis.call('HGET', KEYS[1], 'created_at_ms')
-    if not created then return 0 end
-    local t = redis.call('TIME')
-    local now = t[1] * 1000 + math.floor(t[2] / 1000)
-    local ttl = math.min(tonumber(ARGV[2]), tonumber(created) + tonumber(ARGV[3]) - now)
-    if ttl <= 0 then return 0 end
-    redis.call('HINCRBY', KEYS[1], 'requests', ARGV[4])
-    redis.call('PEXPIRE', KEYS[1], ttl)
-    redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-    return 1
-    """
+@dataclass(frozen=True)
+class _Entry:
+    key: SessionKey
+    cached_at: float
+    session: Session
 
-    def __init__(self, inner: RedisSessionStore, redis: Redis, subscriber: Redis,
+
+class NearCache(SessionStore):
+    def __init__(self, store: SessionStore, redis: Redis, subscriber: Redis, prefix: str,
                  max_age_s: float, flush_interval_s: float) -> None:
         """`subscriber` must not retry: a dropped subscription has to surface as an error, or
         redis-py reconnects and re-subscribes silently, and what was published meanwhile is lost."""
-        super().__init__(inner.idle_ms // 1000, inner.absolute_ms // 1000)
-        self.inner = inner
+        super().__init__(store.limits)
+        self.store = store
         self.redis = redis
         self.subscriber = subscriber
         self.max_age_s = max_age_s
         self.flush_interval_s = flush_interval_s
-        self.channel = f"{inner.prefix}:session-invalidations"
-        self._acks = f"{inner.prefix}:invalidation-acks:"
-        self._bump = redis.register_script(self._BUMP)
-        self.entries: dict[str, tuple[float, Session]] = {}
+        self.channel = f"{prefix}:session-invalidations"
+        self._acks = f"{prefix}:invalidation-acks:"
+        self.entries: dict[str, _Entry] = {}
         self.pending: Counter[str] = Counter()
         self.subscribed = False
         self.generation = 0
-        self.running = True
+        self._running = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self._running = True
+        self._tasks = [asyncio.create_task(self.listen()), asyncio.create_task(self._run_flusher())]
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        # A flag, not only a cancel: redis-py's pub/sub read can swallow a task cancel.
+        self._running = False
+        try:
+            await self.flush()  # hand the counted requests over before going
+        except RedisError as error:
+            log.warning("final write-behind flush failed: %s", error)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- the store interface -----------------------------------------------------------------
-    async def create(self, username: str, created_on: str) -> tuple[str, Session]:
-        return await self.inner.create(username, created_on)
+    async def epoch(self, username: str) -> int:
+        return await self.store.epoch(username)
 
-    async def touch(self, token: str, add_item: tuple[str, int] | None = None) -> Session | None:
-        return await self.inner.touch(token, add_item)
+    async def create(self, username: str, created_on: str, epoch: int) -> tuple[SessionKey, Session] | None:
+        return await self.store.create(username, created_on, epoch)
 
-    async def identify(self, token: str) -> Session | None:
-        """Who holds this token: from the near cache when it may be trusted, else from Redis."""
-        sid = session_id(token)
-        if sid is None:
-            return None
+    async def touch(self, key: SessionKey, add: CartAdd | None = None, requests: int = 1) -> Session | None:
+        return await self.store.touch(key, add, requests)
+
+    async def identify(self, key: SessionKey) -> Session | None:
+        """Who holds this key: from the near cache when it may be trusted, else from the store."""
         now = time.time()
-        cached = self.entries.get(sid) if self.subscribed else None
-        if cached and now - cached[0] < self.max_age_s and now < cached[1].created_at + self.absolute_ms / 1000:
-            self.pending[sid] += 1
-            return replace(cached[1], requests=cached[1].requests + self.pending[sid])
+        entry = self.entries.get(key.id) if self.subscribed else None
+        if entry and now - entry.cached_at < self.max_age_s \
+                and now < entry.session.created_at + self.limits.absolute_timeout_s:
+            self.pending[key.id] += 1
+            return replace(entry.session, requests=entry.session.requests + self.pending[key.id])
         generation = self.generation
-        session = await self.inner.touch(token)
-        if session is None:
-            return None
-        identity = replace(session, cart={})
-        if self.subscribed and generation == self.generation:
-            self.entries[sid] = (now, identity)
-        return identity
+        session = await self.store.identify(key)
+        if session is not None and self.subscribed and generation == self.generation:
+            self.entries[key.id] = _Entry(key, now, session)
+        return session
 
-    async def delete(self, token: str) -> None:
-        sid = session_id(token)
-        if sid:
-            await self.inner.delete(token)
-            await self._invalidate(sid)
+    async def delete(self, key: SessionKey) -> None:
+        await self.store.delete(key)
+        await self._invalidate(key.id)
 
     async def delete_user(self, username: str) -> int:
-        ended = await self.inner.delete_user(username)
+        ended = await self.store.delete_user(username)
         await self._invalidate("*")
         return ended
 
     async def count_live(self) -> int:
-        return await self.inner.count_live()
+        return await self.store.count_live()
 
     # -- invalidation ----------------------------------------------------------------------
     async def _invalidate(self, sid: str) -> None:
@@ -127,13 +137,9 @@ class NearCachedStore(SessionStore):
         else:
             self.entries.pop(sid, None)
 
-    def stop(self) -> None:
-        """End `listen` and `run_flusher` (redis-py's pub/sub read can swallow a task cancel)."""
-        self.running = False
-
     async def listen(self) -> None:
         """Follow the invalidation channel; while it is down, the cache is not used."""
-        while self.running:
+        while self._running:
             try:
                 async with self.subscriber.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
@@ -141,7 +147,7 @@ class NearCachedStore(SessionStore):
                         pass
                     self.entries.clear()
                     self.subscribed = True
-                    while self.running:
+                    while self._running:
                         message = await pubsub.get_message(timeout=0.5)
                         if message is None:  # quiet for half a second: is the connection still there?
                             await pubsub.ping()
@@ -162,28 +168,29 @@ class NearCachedStore(SessionStore):
             await asyncio.sleep(0.2)
 
     async def flush(self) -> None:
-        """Write behind: add the counted requests and slide the TTL of the sessions in use."""
+        """Write behind: hand the counted requests to the store (which also slides the TTL)."""
         pending, self.pending = self.pending, Counter()
         if not pending:
             return
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for sid, n in pending.items():
-                    await self._bump([self.inner.key(sid), self.inner.live_key],
-                                     [sid, self.idle_ms, self.absolute_ms, n], client=pipe)
-                alive = await pipe.execute()
-        except RedisError:
-            self.pending.update(pending)
-            raise
-        for (sid, n), exists in zip(pending.items(), alive, strict=True):
-            cached = self.entries.get(sid)
-            if not exists:
+        keys = {sid: entry.key for sid in pending if (entry := self.entries.get(sid))}
+        # A key dropped from the cache meanwhile (logout, expiry) gets no write: nothing to keep alive.
+        todo = [(sid, keys[sid], n) for sid, n in pending.items() if sid in keys]
+        results = await asyncio.gather(*(self.store.touch(key, requests=n) for _, key, n in todo),
+                                       return_exceptions=True)
+        for (sid, _, n), result in zip(todo, results, strict=True):
+            if isinstance(result, RedisError):
+                self.pending[sid] += n
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is None:
                 self.entries.pop(sid, None)
-            elif cached:
-                self.entries[sid] = (cached[0], replace(cached[1], requests=cached[1].requests + n))
+            elif entry := self.entries.get(sid):
+                self.entries[sid] = replace(entry, session=replace(entry.session, requests=result.requests))
+        if any(isinstance(r, RedisError) for r in results):
+            raise RedisError("write-behind flush failed for some sessions; kept for the next one")
 
-    async def run_flusher(self) -> None:
-        while self.running:
+    async def _run_flusher(self) -> None:
+        while self._running:
             await asyncio.sleep(self.flush_interval_s)
             try:
                 await self.flush()
