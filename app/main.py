@@ -96,10 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(pages.forms)
     # add_middleware wraps: the last one added is the outermost.
-    app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=presence)
-    app.add_middleware(TrustedProxyMiddleware, secret=settings.proxy_secret)
     app.add_middleware(RequestLimitsMiddleware, max_body=settings.max_body_bytes, max_headers=settings.max_headers,
                        max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(TrustedProxyMiddleware, secret=settings.proxy_secret)
+    app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=presence)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

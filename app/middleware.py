@@ -1,5 +1,5 @@
-"""Pure-ASGI middleware, outermost first: which requests we accept at all, whom we trust to say
-where a request came from, and the stamp every response gets."""
+"""Pure-ASGI middleware: the stamp every response gets, whom we trust to say where a request came
+from, and which requests we accept at all."""
 
 import hmac
 import json
@@ -15,7 +15,7 @@ PROXY_HEADER = b"x-webfarm-proxy"
 
 
 async def send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})

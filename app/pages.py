@@ -37,8 +37,8 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["clock"] = lambda ts: datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S UTC")
 
 CsrfField = Annotated[str, Form(alias="csrf_token", max_length=128)]
-Username = Annotated[str, Form(max_length=256)]
-Password = Annotated[str, Form(max_length=256)]
+Username = Annotated[str, Form()]
+Password = Annotated[str, Form()]
 INSTANCE_NAME_RE = re.compile(r"[a-z0-9-]{1,32}")
 QTY_RE = re.compile(r"[0-9]{1,4}")
 FIELD_MESSAGES = {"username": "3-32 characters: a-z, 0-9, _ . -", "password": "8-128 characters"}

@@ -33,13 +33,15 @@ class UserStore:
     def _key(self, username: str) -> str:
         return f"{self.prefix}:user:{username}"
 
-    async def create(self, username: str, password: str) -> bool:
-        """Register a user; False if the name is taken (checked and written in one script)."""
-        if await self.redis.exists(self._key(username)):  # spare the hash for a name that is taken
-            return False
+    async def create(self, username: str, password: str, request_id: str = "") -> bool:
+        """Register a user; False if the name is taken (checked and written in one script). The same
+        `request_id` again (a retry) finds the account it created, not a name taken."""
+        request_id = request_id or secrets.token_urlsafe(12)
+        created_by = await self.redis.hget(self._key(username), "created_by")
+        if created_by is not None:  # spare the hash for a name that is taken
+            return bool(created_by == request_id)
         password_hash = await to_thread.run_sync(self.hasher.hash, password)
-        created = await self._create([self._key(username)], [password_hash, str(time.time()), secrets.token_hex(8)])
-        return bool(created)
+        return bool(await self._create([self._key(username)], [password_hash, str(time.time()), request_id]))
 
     async def authenticate(self, username: str, password: str) -> bool:
         stored = await self.redis.hget(self._key(username), "password_hash")

@@ -1,0 +1,223 @@
+"""The guarantees of issue #10, tried as an attacker would: concurrently, against a real farm.
+
+Each test sends from a loopback address of its own (127.0.0.x; nginx forwards it as the client's),
+so the per-address limits it trips do not spill into the other tests on the shared farm."""
+
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import redis
+
+from farmctl.native import NativeFarm
+from tests.conftest import FarmFactory
+from tests.farm.users import PASSWORD, new_username
+
+pytestmark = pytest.mark.farm
+
+
+def source_address() -> str:
+    return f"127.0.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 2}"
+
+
+@contextmanager
+def client_from(base_url: str, address: str | None = None) -> Iterator[httpx.Client]:
+    transport = httpx.HTTPTransport(local_address=address or source_address())
+    with httpx.Client(base_url=base_url, transport=transport, timeout=15) as client:
+        yield client
+
+
+def register(client: httpx.Client, username: str, password: str = PASSWORD) -> None:
+    assert client.post("/api/register", json={"username": username, "password": password}).status_code == 201
+
+
+def login(client: httpx.Client, username: str, password: str = PASSWORD) -> httpx.Response:
+    return client.post("/api/login", json={"username": username, "password": password})
+
+
+def test_concurrent_guesses_evaluate_at_most_the_limit_even_with_the_right_password_among_them(
+        farm: NativeFarm) -> None:
+    base, username, address = farm.config.balancer_url, new_username(), source_address()
+    with client_from(base, address) as owner:
+        register(owner, username)
+    guesses = [f"wrong-password-{i}" for i in range(40)]
+    guesses[36] = PASSWORD
+
+    def guess(password: str) -> int:
+        with client_from(base, address) as attacker:
+            return login(attacker, username, password).status_code
+
+    with ThreadPoolExecutor(40) as pool:
+        answers = Counter(pool.map(guess, guesses))
+    assert answers[200] + answers[401] <= 5  # evaluated: the limit, across every instance together
+    assert answers[429] >= 35
+    assert answers[200] == 0 or answers[200] + answers[401] <= 5  # the right one got in only within the limit
+
+
+def test_spraying_from_an_address_does_not_lock_out_an_account_signed_in_from_there(
+        farm_factory: FarmFactory) -> None:
+    farm = farm_factory(2, extra_env={"LOGIN_MAX_FAILURES_PER_ADDRESS": "100"})
+    base, address = farm.config.balancer_url, source_address()
+    with client_from(base, address) as client:
+        assert login(client, "demo", "demo-password").status_code == 200  # the owner, once
+        with ThreadPoolExecutor(10) as pool:
+            sprayed = Counter(pool.map(lambda i: login(client, f"victim{i}", "wrong-password").status_code,
+                                       range(100)))
+        assert sprayed == {401: 100}
+        assert login(client, new_username(), "wrong-password").status_code == 429  # a new pair waits
+        assert login(client, "demo", "demo-password").status_code == 200  # the known one does not
+    with client_from(base) as elsewhere:
+        assert login(elsewhere, "demo", "demo-password").status_code == 200
+
+
+def test_registration_is_limited_per_address_and_a_taken_name_counts(farm_factory: FarmFactory) -> None:
+    farm = farm_factory(1, extra_env={"REGISTER_MAX_PER_ADDRESS": "5"})
+    with client_from(farm.config.balancer_url) as client:
+        register(client, name := new_username())
+        assert client.post("/api/register", json={"username": name, "password": PASSWORD}).status_code == 409
+        answers = Counter(client.post("/api/register", json={"username": new_username(), "password": PASSWORD})
+                          .status_code for _ in range(10))
+        assert answers == {201: 3, 429: 7}
+    with client_from(farm.config.balancer_url) as other:
+        register(other, new_username())
+
+
+def sessions_survive(base: str, cookies: list[str]) -> list[str]:
+    alive = []
+    for cookie in cookies:
+        with httpx.Client(base_url=base, cookies={"webfarm_session": cookie}) as client:
+            if client.get("/api/me").status_code == 200:
+                alive.append(cookie)
+    return alive
+
+
+def logins_during(base: str, username: str, address: str, end: Callable[[], httpx.Response],
+                  threads: int = 3) -> list[str]:
+    """Log in as `username` over and over from `threads` clients while `end` (a sign-out or a password
+    change) runs; returns the cookies of the logins that STARTED before `end` answered and got a 200."""
+    started_before_end: list[str] = []
+    stop = threading.Event()
+    ended_at = [float("inf")]
+
+    def keep_logging_in() -> None:
+        with client_from(base, address) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = login(client, username)
+                if response.status_code == 200 and started < ended_at[0]:
+                    started_before_end.append(response.cookies["webfarm_session"])
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(threads):
+            pool.submit(keep_logging_in)
+        time.sleep(0.15)
+        assert end().status_code in (200, 204)
+        ended_at[0] = time.monotonic()
+        time.sleep(0.1)
+        stop.set()
+    return started_before_end
+
+
+def test_sign_out_everywhere_ends_the_sessions_of_logins_in_flight(farm: NativeFarm) -> None:
+    """Logins of the same user race the sign-out; none that started before it answered may survive."""
+    base, raced = farm.config.balancer_url, 0
+    for _ in range(15):
+        username, address = new_username(), source_address()
+        with client_from(base, address) as laptop:
+            register(laptop, username)
+            assert login(laptop, username).status_code == 200
+            in_flight = logins_during(base, username, address, lambda: laptop.post("/api/logout/everywhere"))
+        raced += len(in_flight)
+        assert sessions_survive(base, in_flight) == []
+    assert raced > 0  # the race was run: logins were in flight at the sign-out
+
+
+CHANGE = {"current_password": PASSWORD, "new_password": "n" * 12}
+
+
+def test_a_password_change_ends_the_sessions_of_old_password_logins_in_flight(farm: NativeFarm) -> None:
+    base, raced = farm.config.balancer_url, 0
+    for _ in range(10):
+        username, address = new_username(), source_address()
+        with client_from(base, address) as owner:
+            register(owner, username)
+            assert login(owner, username).status_code == 200
+            # The thief knows the old password and keeps using it.
+            in_flight = logins_during(base, username, address, lambda: owner.post("/api/password", json=CHANGE),
+                                      threads=2)
+            raced += len(in_flight)
+            assert sessions_survive(base, in_flight) == []
+            assert owner.get("/api/me").status_code == 200
+    assert raced > 0
+
+
+@contextmanager
+def redis_blocked(farm: NativeFarm, seconds: float) -> Iterator[None]:
+    """Redis itself busy in a long Lua script: every other client waits, for real."""
+    def block() -> None:
+        with redis.Redis.from_url(farm.config.redis_url, socket_timeout=seconds + 5) as client:
+            client.eval("local t0 = tonumber(redis.call('TIME')[1]) "
+                        "while tonumber(redis.call('TIME')[1]) - t0 < tonumber(ARGV[1]) do end", 0, str(seconds))
+
+    blocker = threading.Thread(target=block)
+    blocker.start()
+    time.sleep(0.2)
+    try:
+        yield
+    finally:
+        blocker.join()
+
+
+def until_not_503(send: Callable[[], httpx.Response], deadline_s: float = 20) -> httpx.Response:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        response = send()
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)
+
+
+def test_writes_during_a_redis_stall_apply_exactly_once(farm: NativeFarm) -> None:
+    """Adds and registrations that time out while Redis is blocked are applied once Redis gets to
+    them; the client repeats each with its Idempotency-Key until it gets an answer, and each counts once."""
+    base = farm.config.balancer_url
+    with client_from(base) as owner:
+        register(owner, username := new_username())
+        assert login(owner, username).status_code == 200
+        cookie = owner.cookies["webfarm_session"]
+    statuses: Counter[int] = Counter()
+
+    def add(i: int) -> int:
+        key = f"add-{i}-{secrets.token_hex(6)}"
+        with httpx.Client(base_url=base, cookies={"webfarm_session": cookie}, timeout=15) as client:
+            def send() -> httpx.Response:
+                response = client.post("/api/cart/items", json={"sku": f"sku{i % 3}", "qty": 1},
+                                       headers={"Idempotency-Key": key})
+                statuses[response.status_code] += 1
+                return response
+            return until_not_503(send).status_code
+
+    def register_one(i: int) -> int:
+        key, name = f"reg-{i}-{secrets.token_hex(6)}", new_username()
+        with client_from(base) as client:
+            def send() -> httpx.Response:
+                response = client.post("/api/register", json={"username": name, "password": PASSWORD},
+                                       headers={"Idempotency-Key": key})
+                statuses[response.status_code] += 1
+                return response
+            return until_not_503(send).status_code
+
+    with redis_blocked(farm, 3), ThreadPoolExecutor(24) as pool:
+        adds = list(pool.map(add, range(30)))
+        registrations = list(pool.map(register_one, range(10)))
+    assert adds == [200] * 30
+    assert registrations == [201] * 10  # never a 409 for a name nobody had
+    assert statuses[503] > 0  # the stall was real: requests timed out and were repeated
+    with httpx.Client(base_url=base, cookies={"webfarm_session": cookie}) as client:
+        assert client.get("/api/cart").json() == {"items": {"sku0": 10, "sku1": 10, "sku2": 10}}
