@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.report import chart, summarize, table
 from bench.run import PEERS, BenchError, BenchSpec, run_bench
 from bench.wrk import WrkError
-from farmctl.native import FarmError
+from farmctl.runtime import FarmError
 
 
 def main(argv: list[str] | None = None) -> int:

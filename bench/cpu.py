@@ -1,41 +1,36 @@
-"""Where the CPU went during a measurement, per group of processes, read from /proc (Linux)."""
+"""Where the CPU went during a measurement, per group of processes (psutil)."""
 
-import os
 import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat from the state on (the command name may contain spaces)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
+import psutil
 
 
 def children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid:
-            kids.append(int(entry.name))
-    return kids
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
 
 
 def process_seconds(pid: int) -> float:
     """User + system CPU time of one process so far; 0 once it is gone."""
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
 
 
 def machine_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of all cores since boot."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    total = user + nice + system + idle + iowait + irq + softirq + steal
-    return (total - idle - iowait) / CLOCK_TICKS, total / CLOCK_TICKS
+    times = psutil.cpu_times()
+    # guest time is already counted in user time; iowait is idle time spent waiting.
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    total = sum(getattr(times, name, 0.0) for name in
+                ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"))
+    return total - idle, total
 
 
 def _children_seconds() -> float:

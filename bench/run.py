@@ -4,18 +4,22 @@ measure every configuration with wrk, round after round, in alternating order.""
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from bench.cpu import CpuUse, children, cpu_use, snapshot
 from bench.wrk import WrkResult, run_wrk
-from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, PROXY_SOURCE, FarmConfig
-from farmctl.native import FarmError, NativeFarm, free_port_block
+from farmctl.config import PROJECT_ROOT, PROXY_SOURCE, FarmConfig
+from farmctl.lifecycle import open_farm, running_farm
+from farmctl.native import NativeFarm
+from farmctl.ports import free_port_block
+from farmctl.runtime import FarmError
+from farmctl.wait import wait_until
 
 DEMO_CREDENTIALS = {"username": "demo", "password": "demo-password"}
 #: name -> uvicorn factory of the peer apps in bench/peers.py
@@ -81,44 +85,36 @@ class Stage:
         return {"app": app, "nginx": nginx, "redis": redis}
 
 
-@contextmanager
-def running_farm(name: str, instances: int, session_backend: str, state_root: Path) -> Iterator[NativeFarm]:
-    """A farm of its own on free ports, in a fresh state dir; stopped on the way out."""
-    base = free_port_block(instances + 2)
-    config = FarmConfig(instances=instances, http_port=base, https_port=0, redis_port=base + 1,
-                        base_port=base + 2, session_backend=session_backend,
-                        state_dir=state_root / f"bench-{name}")
-    farm = NativeFarm(config)
-    farm.down()  # one left behind by an interrupted run would hold this state dir
+def bench_farm(name: str, instances: int, session_backend: Literal["redis", "memory"],
+               state_root: Path) -> FarmConfig:
+    """The config of a bench farm: no HTTPS, free ports, a fresh state dir (one left behind by an
+    interrupted run is stopped and removed first)."""
+    config = FarmConfig(instances=instances, https_port=0, session_backend=session_backend, redis_mode="single",
+                        balance="round_robin", demo_controls=False,
+                        state_dir=state_root / f"bench-{name}").on_free_ports()
+    open_farm(config, "native").down()
     shutil.rmtree(config.state_dir, ignore_errors=True)
-    try:
-        farm.up(timeout_s=60)
-        yield farm
-    finally:
-        farm.down()
+    return config
 
 
 @contextmanager
 def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iterator[tuple[str, int]]:
-    """One peer app under uvicorn with the farm instances' flags; yields (url, pid)."""
+    """One peer app under uvicorn with the farm instances' flags (python -m app); yields (url, pid)."""
     port = free_port_block(1)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
-             "--timeout-keep-alive", str(APP_KEEPALIVE_S), "--timeout-graceful-shutdown", "10",
-             "--no-server-header", "--no-access-log", "--proxy-headers", "--forwarded-allow-ips", PROXY_SOURCE],
+            [sys.executable, "-m", "app", "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
+             "--forwarded-allow-ips", PROXY_SOURCE],
             cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"},
             stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while not _answers(f"{url}/healthz"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"peer {name} did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        if not wait_until(lambda: proc.poll() is not None or _answers(f"{url}/healthz"), 30) \
+                or proc.poll() is not None:
+            raise BenchError(f"peer {name} did not start:\n{log.read_text()[-2000:]}")
         yield url, proc.pid
     finally:
         proc.terminate()
@@ -139,21 +135,25 @@ def _answers(url: str) -> bool:
 def login(base_url: str, timeout_s: float = 30) -> str:
     """Sign in as the demo user; returns the Cookie header for wrk. The instances create the demo
     account in the background after start-up, so a 401 at first just means "not yet"."""
-    deadline = time.monotonic() + timeout_s
     last = "no answer"
     with httpx.Client(base_url=base_url, timeout=5) as client:
-        while time.monotonic() < deadline:
+
+        def attempt() -> str | None:
+            nonlocal last
             try:
                 response = client.post("/api/login", json=DEMO_CREDENTIALS)
             except httpx.HTTPError as exc:
-                last, wait = repr(exc), 0.5
-            else:
-                if response.status_code == 200:
-                    return "Cookie: " + "; ".join(f"{k}={v}" for k, v in response.cookies.items())
-                last = f"{response.status_code} {response.text}"
-                # Each 401 counts against the login throttle (5 per account), hence the pace.
-                wait = float(response.headers.get("retry-after", 1))
-            time.sleep(wait)
+                last = repr(exc)
+                return None
+            if response.status_code == 200:
+                return "Cookie: " + "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+            last = f"{response.status_code} {response.text}"
+            return None
+
+        # Each 401 counts against the login throttle (5 per account), hence the pace.
+        cookie = wait_until(attempt, timeout_s, interval_s=1.0)
+    if cookie:
+        return cookie
     raise BenchError(f"could not sign in at {base_url} within {timeout_s:.0f} s: {last}")
 
 
@@ -225,8 +225,9 @@ def run_bench(spec: BenchSpec) -> tuple[list[Target], dict[str, list[Sample]]]:
         raise BenchError("need rounds >= 1, instances >= 1 and connections >= threads")
     with ExitStack() as stack:
         try:
-            farm = stack.enter_context(running_farm("redis", spec.instances, "redis", spec.state_root))
-            memory = stack.enter_context(running_farm("memory", 1, "memory", spec.state_root))
+            farm = stack.enter_context(
+                running_farm(bench_farm("redis", spec.instances, "redis", spec.state_root), "native"))
+            memory = stack.enter_context(running_farm(bench_farm("memory", 1, "memory", spec.state_root), "native"))
         except FarmError as exc:
             raise BenchError(str(exc)) from None
         stage = Stage(farm, memory)

@@ -1,13 +1,24 @@
-"""python -m farmctl up|down|status|logs|kill|render - what the Makefile calls."""
+"""python -m farmctl up|down|status|logs|roll|restart|kill|render-docker - what the Makefile calls."""
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from farmctl.config import FarmConfig
-from farmctl.native import FarmError, NativeFarm, as_rows
-from farmctl.render import render_nginx_docker
-from farmctl.runtime import open_farm
+from farmctl.render import DOCKER_SENTINEL_NAMES, render_nginx_docker, render_sentinel_docker
+from farmctl.runtime import FarmError, as_rows
+
+
+def render_docker(out: Path, instances: int, balance: str) -> None:
+    """Write nginx.conf and one sentinelN.conf per Sentinel service into `out` (compose's config volume);
+    each file appears whole (write, then rename) so nothing ever reads half of one."""
+    files = {"nginx.conf": render_nginx_docker(instances, balance)}
+    files |= {f"{name}.conf": render_sentinel_docker(name) for name in DOCKER_SENTINEL_NAMES}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / f"{name}.tmp").write_text(text)
+        (out / f"{name}.tmp").replace(out / name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,20 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="each process: name, port, pid, up/down")
     logs = sub.add_parser("logs", help="follow the logs")
     logs.add_argument("names", nargs="*")
-    sub.add_parser("roll", help="restart every instance, one by one, without failing a request (native)")
+    sub.add_parser("roll", help="restart every instance, one by one, without failing a request")
     restart = sub.add_parser("restart", help="restart one process through the supervisor (e.g. redis)")
     restart.add_argument("name")
     kill = sub.add_parser("kill", help="send a signal to one process through the supervisor")
     kill.add_argument("name")
     kill.add_argument("--signal", default="KILL")
-    render = sub.add_parser("render-docker-nginx", help="print the nginx config for the Docker runtime")
+    render = sub.add_parser("render-docker", help="write the Docker runtime's nginx and Sentinel configs")
+    render.add_argument("--out", type=Path, required=True)
     render.add_argument("--instances", type=int, default=3)
     render.add_argument("--balance", default=os.environ.get("BALANCE") or "round_robin")
     args = parser.parse_args(argv)
 
-    if args.command == "render-docker-nginx":
-        sys.stdout.write(render_nginx_docker(args.instances, args.balance))
+    if args.command == "render-docker":
+        render_docker(args.out, args.instances, args.balance)
         return 0
+    # Imported here: the Docker image renders its configs above, and has no supervisor nor psutil.
+    from farmctl.lifecycle import open_farm
+
     try:
         farm = open_farm(FarmConfig.from_env(), args.runtime)
         if args.command == "up":
@@ -58,17 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             if farm.name == "docker":
                 os.execvp("docker", ["docker", "compose", "logs", "--follow", *args.names])
             os.execvp("tail", ["tail", "-n", "20", "-F", *(farm.log_path(n) for n in names)])
-        elif args.command in ("roll", "restart"):
-            if not isinstance(farm, NativeFarm):
-                raise FarmError(f"`{args.command}` is native-only; under Docker use `docker compose restart`")
-            if args.command == "roll":
-                for name, seconds in farm.roll():
-                    print(f"{name} restarted and back in rotation in {seconds:.1f} s")
-            else:
-                farm.stop(args.name)
-                farm.start(args.name)
-                farm.wait_healthy()
-                print(f"{args.name} restarted")
+        elif args.command == "roll":
+            for name, seconds in farm.roll():
+                print(f"{name} restarted and back in rotation in {seconds:.1f} s")
+        elif args.command == "restart":
+            farm.restart(args.name)
+            print(f"{args.name} restarted")
         elif args.command == "kill":
             pid = farm.kill(args.name, args.signal)
             print(f"sent SIG{args.signal} to {args.name}" + (f" (pid {pid})" if pid else ""))

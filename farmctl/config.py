@@ -1,19 +1,29 @@
-"""The shape of a farm: how many instances, which ports, which session backend."""
+"""The shape of a farm: how many instances, which ports, which session backend.
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+`FarmConfig` reads the `make` variables (N, HTTP_PORT, REDIS, ...) from the environment; a process
+that must drive the same farm (the load test's Locust) receives it serialized, as one value."""
+
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.__main__ import KEEPALIVE_S
+from farmctl.ports import free_layout
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: nginx connects to the instances from this loopback address; only it may set X-Forwarded-*.
 PROXY_SOURCE = "127.0.0.2"
 #: uvicorn keeps idle connections longer than nginx does (see nginx/nginx.conf.j2).
-APP_KEEPALIVE_S = 75
+APP_KEEPALIVE_S = KEEPALIVE_S
 NGINX_KEEPALIVE_S = 60
 #: The name under which the Sentinels monitor the primary (REDIS=sentinel).
 SENTINEL_MASTER = "webfarm"
+#: The environment variable that carries a whole FarmConfig to another process, as JSON.
+CONFIG_VARIABLE = "WEBFARM_FARM_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -31,61 +41,61 @@ class Instance:
         return f"http://{self.address}"
 
 
-@dataclass(frozen=True)
-class FarmConfig:
-    """Everything that differs between one farm and another (make up, a test, a compare run)."""
+def _env(field: str, variable: str) -> AliasChoices:
+    return AliasChoices(field, variable)
 
-    instances: int = 3
+
+class FarmConfig(BaseSettings):
+    """Everything that differs between one farm and another (make up, a test, a compare run).
+
+    Each field is read from its upper-case environment variable (`instances` from N, `redis_mode`
+    from REDIS); keyword arguments win over the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, env_ignore_empty=True, extra="forbid",
+                                      frozen=True, populate_by_name=True)
+
+    instances: int = Field(3, ge=1, le=50, validation_alias=_env("instances", "N"))
     http_port: int = 8080
-    https_port: int = 8443  # 0: no HTTPS
-    base_port: int = 8001
+    https_port: int = Field(8443, description="0: no HTTPS")
+    base_port: int = Field(8001, description="web1's port; webN's is base_port + N - 1")
     redis_port: int = 6380
-    redis_mode: str = "single"  # sentinel: a replica and three Sentinels beside the primary
+    redis_mode: Literal["single", "sentinel"] = Field(
+        "single", validation_alias=_env("redis_mode", "REDIS"),
+        description="sentinel: a replica and three Sentinels beside the primary")
     replica_port: int = 6381
-    sentinel_ports: tuple[int, ...] = (26380, 26381, 26382)
-    session_backend: str = "redis"
-    balance: str = "round_robin"
+    sentinel_ports: Annotated[tuple[int, int, int], NoDecode] = (26380, 26381, 26382)
+    session_backend: Literal["redis", "memory"] = "redis"
+    balance: Literal["round_robin", "sticky"] = "round_robin"
     demo_controls: bool = False
     state_dir: Path = PROJECT_ROOT / ".farm"
     key_prefix: str = "webfarm"
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = Field(default_factory=dict, description="more variables for every instance")
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.instances <= 50:
-            raise ValueError(f"instances must be 1..50, not {self.instances}")
-        if self.session_backend not in ("redis", "memory"):
-            raise ValueError(f"SESSION_BACKEND must be redis or memory, not {self.session_backend!r}")
-        if self.balance not in ("round_robin", "sticky"):
-            raise ValueError(f"BALANCE must be round_robin or sticky, not {self.balance!r}")
-        if self.redis_mode not in ("single", "sentinel"):
-            raise ValueError(f"REDIS must be single or sentinel, not {self.redis_mode!r}")
-        if len(self.sentinel_ports) != 3:
-            raise ValueError(f"three Sentinel ports are needed (quorum 2), not {self.sentinel_ports}")
+    @field_validator("sentinel_ports", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return tuple(int(p) for p in value.split(",")) if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls, **overrides: object) -> "FarmConfig":
-        """Defaults, then WEBFARM_* / make variables from the environment, then explicit overrides."""
-        env = os.environ
-        values: dict[str, object] = {}
-        casts: list[tuple[str, str, Callable[[str], object]]] = [
-            ("instances", "N", int),
-            ("http_port", "HTTP_PORT", int),
-            ("https_port", "HTTPS_PORT", int),
-            ("base_port", "BASE_PORT", int),
-            ("redis_port", "REDIS_PORT", int),
-            ("redis_mode", "REDIS", str),
-            ("replica_port", "REPLICA_PORT", int),
-            ("sentinel_ports", "SENTINEL_PORTS", lambda v: tuple(int(p) for p in v.split(","))),
-            ("session_backend", "SESSION_BACKEND", str),
-            ("balance", "BALANCE", str),
-            ("demo_controls", "DEMO_CONTROLS", lambda v: v.lower() in ("1", "true", "yes")),
-            ("state_dir", "STATE_DIR", Path),
-        ]
-        for name, var, cast in casts:
-            if env.get(var):
-                values[name] = cast(env[var])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, **overrides: object) -> Self:
+        """Defaults, then the environment, then the `overrides` that are not None."""
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**given)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """The config another process serialized with `model_dump_json()`; the environment is not read."""
+        return cls.model_validate_json(text)
+
+    def replace(self, **changes: object) -> Self:
+        """A validated copy with `changes`."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+    def on_free_ports(self, spare: int = 0) -> Self:
+        """This config moved to a block of free loopback ports (HTTPS only if it had HTTPS);
+        `spare` free ports after the instances' leave room to scale up to instances + spare."""
+        return self.replace(**free_layout(self.instances, https=bool(self.https_port), spare=spare,
+                                          sentinel=self.sentinel))
 
     @property
     def web(self) -> list[Instance]:

@@ -11,11 +11,13 @@ import time
 import httpx
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
-from farmctl.native import FarmError, ProcessStatus
-from farmctl.render import DOCKER_INSTANCES
+from farmctl.render import DOCKER_INSTANCES, DOCKER_SENTINEL_NAMES, DOCKER_SENTINEL_PORT
+from farmctl.runtime import FarmError, ProcessStatus
+from farmctl.secret import csrf_secret
+from farmctl.wait import wait_until
 
 #: What the web services get as REDIS_SENTINELS with REDIS=sentinel: the Sentinel services of compose.yaml.
-DOCKER_SENTINELS = "sentinel1:26379,sentinel2:26379,sentinel3:26379"
+DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
 
 
 def engine_available() -> bool:
@@ -26,6 +28,9 @@ def engine_available() -> bool:
 
 
 class DockerFarm:
+    """The farm of compose.yaml. `make up` is a demo: ENVIRONMENT=demo, and a CSRF secret made once
+    in the state dir, unless the environment brings its own."""
+
     name = "docker"
 
     def __init__(self, config: FarmConfig) -> None:
@@ -34,14 +39,21 @@ class DockerFarm:
                             f"N={config.instances} needs RUNTIME=native or more services in compose.yaml")
         self.config = config
 
-    def _compose(self, *args: str, capture: bool = False) -> str:
-        env_profiles = ["--profile", "demo"] if self.config.demo_controls else []
+    def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.setdefault("ENVIRONMENT", "demo")
+        if not env.get("CSRF_SECRET"):
+            env["CSRF_SECRET"] = csrf_secret(self.config.state_dir)
         if self.config.sentinel:
-            env_profiles += ["--profile", "sentinel"]
             env["REDIS_SENTINELS"] = DOCKER_SENTINELS
-        cmd = ["docker", "compose", "--project-directory", str(PROJECT_ROOT), *env_profiles, *args]
-        result = subprocess.run(cmd, capture_output=capture, text=True, check=False, env=env)
+        return env
+
+    def _compose(self, *args: str, capture: bool = False) -> str:
+        profiles = ["--profile", "demo"] if self.config.demo_controls else []
+        if self.config.sentinel:
+            profiles += ["--profile", "sentinel"]
+        cmd = ["docker", "compose", "--project-directory", str(PROJECT_ROOT), *profiles, *args]
+        result = subprocess.run(cmd, capture_output=capture, text=True, check=False, env=self._environment())
         if result.returncode != 0:
             raise FarmError(f"{' '.join(cmd)} failed:\n{result.stderr if capture else ''}")
         return result.stdout if capture else ""
@@ -76,22 +88,37 @@ class DockerFarm:
     def start(self, name: str) -> None:
         self._compose("start", name)
 
+    def restart(self, name: str) -> None:
+        """`docker compose restart`: SIGTERM, then the container starts again; nginx fails over meanwhile."""
+        self._compose("restart", name)
+        self.wait_healthy()
+
+    def roll(self) -> list[tuple[str, float]]:
+        """Restart the web containers one at a time, each back to healthy before the next. nginx cannot
+        be told to drain one here, so a request in flight to a stopping instance relies on its failover."""
+        took = []
+        for name in self.instance_names():
+            started = time.monotonic()
+            self._compose("restart", name)
+            if not wait_until(lambda: self.is_serving(name), 60, interval_s=0.5):  # noqa: B023 - called at once
+                raise FarmError(f"{name} is not healthy 60 s after its restart: docker compose logs {name}")
+            took.append((name, time.monotonic() - started))
+        return took
+
     def is_serving(self, name: str) -> bool:
         # Instances publish no ports; ask Docker for the container's health instead.
-        out = subprocess.run(["docker", "compose", "--project-directory", str(PROJECT_ROOT), "ps", "--format",
-                              "json", name], capture_output=True, text=True, check=False).stdout
+        out = self._compose("ps", "--format", "json", name, capture=True)
         return any(json.loads(line).get("Health") == "healthy" for line in out.splitlines() if line.strip())
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             try:
-                if httpx.get(f"{self.config.balancer_url}/readyz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(f"{self.config.balancer_url}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise FarmError(f"the balancer did not answer within {timeout_s:.0f} s: docker compose logs")
+                return False
+
+        if not wait_until(ready, timeout_s, interval_s=0.5):
+            raise FarmError(f"the balancer did not answer within {timeout_s:.0f} s: docker compose logs")
 
     def log_path(self, name: str) -> str:
         return f"docker compose logs {name}"

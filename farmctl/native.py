@@ -1,115 +1,42 @@
 """The native runtime: Redis, N uvicorn instances and nginx as children of supervisord.
 
-supervisord is the process supervisor (it restarts whatever dies); this module only renders
-its config, starts it, and talks to it over its XML-RPC socket."""
+supervisord is the process supervisor (it restarts whatever dies); this module renders its
+config, starts it, and drives it through `farmctl.supervisor` - in an order that drops no request."""
 
-import os
-import random
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Collection
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
-from supervisor.xmlrpc import SupervisorTransport
+import psutil
 
 from farmctl import redis_ha
 from farmctl.config import FarmConfig
+from farmctl.ports import port_is_free
 from farmctl.redis_node import started_marker
 from farmctl.render import render_nginx_native, render_sentinel, render_supervisord, require_binary
-
-
-class FarmError(RuntimeError):
-    """Something the user can act on; the CLI prints it without a traceback."""
-
-
-@dataclass(frozen=True)
-class ProcessStatus:
-    name: str
-    port: int
-    pid: int
-    state: str
-
-    @property
-    def up(self) -> bool:
-        return self.state == "RUNNING"
-
-
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive free loopback ports, picked at random so that parallel
-    or leftover runs do not collide - and below the kernel's ephemeral range, where any outgoing
-    connection (to Redis, nginx's to an instance) could take a port between this check and the bind."""
-    try:
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    for _ in range(200):
-        base = random.randrange(10000, max(ephemeral_low, 10000 + 2 * count) - count)
-        if all(port_is_free(p) for p in range(base, base + count)):
-            return base
-    raise FarmError(f"no block of {count} free ports on 127.0.0.1")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from farmctl.runtime import FarmError, ProcessStatus
+from farmctl.supervisor import Supervisor
+from farmctl.tls import ensure_certificate
+from farmctl.wait import wait_until
 
 
 class NativeFarm:
+    """A farm of local processes under one supervisord, its files in `config.state_dir`."""
+
     name = "native"
 
     def __init__(self, config: FarmConfig) -> None:
         self.config = config
         self.state_dir = config.state_dir
-        self.socket_path = self.state_dir / "supervisor.sock"
-
-    # -- talking to supervisord ------------------------------------------------------------
-    def _rpc(self) -> Any:
-        transport = SupervisorTransport(serverurl=f"unix://{self.socket_path}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        self.supervisor = Supervisor(self.state_dir / "supervisor.sock")
 
     def is_running(self) -> bool:
-        if not self.socket_path.exists():
-            return False
-        try:
-            return bool(self._rpc().getState()["statename"] == "RUNNING")
-        except (OSError, xmlrpc.client.Fault):
-            return False
+        return self.supervisor.is_running()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def ensure_certificate(self) -> None:
-        """A self-signed certificate for the HTTPS listener, made once (TLS_CERT/TLS_KEY to bring your own)."""
-        tls = self.state_dir / "tls"
-        tls.mkdir(parents=True, exist_ok=True)
-        cert, key = tls / "cert.pem", tls / "key.pem"
-        own_cert, own_key = os.environ.get("TLS_CERT"), os.environ.get("TLS_KEY")
-        if own_cert and own_key:
-            shutil.copyfile(own_cert, cert)
-            shutil.copyfile(own_key, key)
-        if cert.exists() and key.exists():
-            return
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise FarmError("openssl is needed to make the demo's self-signed certificate (apt-get install openssl), "
-                            "or set HTTPS_PORT=0")
-        subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True,
-        )
-        key.chmod(0o600)
-
     def _write_configs(self, starting: bool) -> None:
         """`starting`: supervisord is not running yet. Only then are the Sentinels' files written:
         from their first start on, they belong to the Sentinels, who rewrite them."""
@@ -121,7 +48,7 @@ class NativeFarm:
             for i, port in enumerate(self.config.sentinels.values(), 1):
                 (self.state_dir / f"sentinel-{i}.conf").write_text(render_sentinel(self.config, port))
         if self.config.https_port:
-            self.ensure_certificate()
+            ensure_certificate(self.state_dir)
         try:
             supervisord_conf = render_supervisord(self.config, sys.executable)
         except FileNotFoundError as missing:
@@ -163,8 +90,7 @@ class NativeFarm:
         self.wait_healthy(timeout_s)
 
     def _check_same_redis_mode(self) -> None:
-        running = {p["name"] for p in self._rpc().getAllProcessInfo()}
-        was = "sentinel" if "redis-replica" in running else "single"
+        was = "sentinel" if "redis-replica" in self.supervisor.processes() else "single"
         if was != self.config.redis_mode:
             raise FarmError(f"the farm runs with REDIS={was}; `make down` first to switch to "
                             f"REDIS={self.config.redis_mode}")
@@ -172,39 +98,45 @@ class NativeFarm:
     def _apply_config_changes(self) -> None:
         """Like `supervisorctl update`, in an order that drops no request: new instances serve
         before nginx sends them anything, and nginx stops sending to removed ones before they stop."""
-        rpc = self._rpc()
-        [[added, changed, removed]] = rpc.reloadConfig()
+        added, changed, removed = self.supervisor.reread()
         web = {i.name for i in self.config.web}
         for name in added:
-            rpc.addProcessGroup(name)
+            self.supervisor.add(name)
         self._wait_serving(added)
         for name in changed:
             if name not in web:  # Redis, a Sentinel or nginx itself: no way around a restart
-                rpc.stopProcessGroup(name)
-                rpc.removeProcessGroup(name)
-                rpc.addProcessGroup(name)
+                self.supervisor.remove(name)
+                self.supervisor.add(name)
         self.reload_nginx()
         for name in removed:
-            rpc.stopProcessGroup(name)
-            rpc.removeProcessGroup(name)
+            self.supervisor.remove(name)
         for name in changed:
             if name in web:
                 self._replace_gracefully(name, reconfigure=True)
-        for proc in rpc.getAllProcessInfo():
+        for name, proc in self.supervisor.processes().items():
             if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
-                rpc.startProcess(proc["name"])
+                self.supervisor.start(name)
+
+    def down(self, timeout_s: float = 30) -> None:
+        if not self.is_running():
+            return
+        pid = int((self.state_dir / "supervisord.pid").read_text())
+        self.supervisor.shutdown()
+        if not wait_until(lambda: not psutil.pid_exists(pid), timeout_s):
+            raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
 
     # -- graceful operations ---------------------------------------------------------------
     def _nginx_workers(self) -> dict[int, str]:
         """pid -> title of each child of the nginx master ("nginx: worker process [is shutting down]")."""
-        master = self.pid("nginx")
         workers = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            children = psutil.Process(self.pid("nginx")).children()
+        except psutil.Error:
+            return {}
+        for child in children:
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == master:
-                    workers[int(stat.parent.name)] = (stat.parent / "cmdline").read_text().replace("\0", " ").strip()
-            except (OSError, IndexError, ValueError):
+                workers[child.pid] = " ".join(child.cmdline()).strip()
+            except psutil.Error:
                 continue
         return workers
 
@@ -213,35 +145,31 @@ class NativeFarm:
         theirs), and return once every old worker is gone - only then is the change in force."""
         (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, draining))
         before = set(self._nginx_workers())
-        self._rpc().signalProcess("nginx", "HUP")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        self.supervisor.signal("nginx", "HUP")
+
+        def reloaded() -> bool:
             workers = self._nginx_workers()
-            if workers and not before & set(workers) and not any("shutting down" in t for t in workers.values()):
-                return
-            time.sleep(0.05)
-        raise FarmError(f"nginx did not finish reloading within {timeout_s:.0f} s")
+            return bool(workers) and not before & set(workers) \
+                and not any("shutting down" in title for title in workers.values())
+
+        if not wait_until(reloaded, timeout_s, interval_s=0.05):
+            raise FarmError(f"nginx did not finish reloading within {timeout_s:.0f} s")
 
     def _wait_serving(self, names: Collection[str], timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
         for name in names:
-            while not self.is_serving(name):
-                if time.monotonic() > deadline:
-                    raise FarmError(f"{name} is not serving after {timeout_s:.0f} s:\n{self.tail(name)}")
-                time.sleep(0.1)
+            if not wait_until(lambda: self.is_serving(name), timeout_s):  # noqa: B023 - called at once
+                raise FarmError(f"{name} is not serving after {timeout_s:.0f} s:\n{self.tail(name)}")
 
     def _replace_gracefully(self, name: str, reconfigure: bool = False) -> None:
         """Take `name` out of nginx's rotation, stop it (SIGTERM: uvicorn finishes what it has),
         start it (with its new supervisor config if `reconfigure`), wait until it serves, put it back."""
         self.reload_nginx(draining={name})
-        rpc = self._rpc()
         if reconfigure:
-            rpc.stopProcessGroup(name)
-            rpc.removeProcessGroup(name)
-            rpc.addProcessGroup(name)
+            self.supervisor.remove(name)
+            self.supervisor.add(name)
         else:
-            rpc.stopProcess(name)
-            rpc.startProcess(name)
+            self.supervisor.stop(name)
+            self.supervisor.start(name)
         self._wait_serving([name])
         self.reload_nginx()
 
@@ -254,20 +182,14 @@ class NativeFarm:
             took.append((inst.name, time.monotonic() - started))
         return took
 
-    def down(self, timeout_s: float = 30) -> None:
-        if not self.is_running():
-            return
-        pid = int((self.state_dir / "supervisord.pid").read_text())
-        self._rpc().shutdown()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                subprocess.run(["kill", "-0", str(pid)], check=True, capture_output=True)
-            except subprocess.CalledProcessError:
-                break
-            time.sleep(0.1)
+    def restart(self, name: str) -> None:
+        """Stop and start one process through the supervisor (an instance: out of rotation meanwhile)."""
+        if name in self.instance_names():
+            self._replace_gracefully(name)
         else:
-            raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
+            self.stop(name)
+            self.start(name)
+        self.wait_healthy()
 
     # -- inspecting and breaking -----------------------------------------------------------
     def status(self) -> list[ProcessStatus]:
@@ -275,9 +197,9 @@ class NativeFarm:
             "nginx": self.config.http_port}
         if not self.is_running():
             return [ProcessStatus(name, port, 0, "STOPPED") for name, port in ports.items()]
-        ha = replace(self.config, redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
+        ha = self.config.replace(redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
         ports = ha.redis_nodes | ha.sentinels | ports
-        info = {p["name"]: p for p in self._rpc().getAllProcessInfo()}
+        info = self.supervisor.processes()
         # Instances beyond this config's N (a `make scale` done without N now) follow the same scheme.
         ports |= {name: self.config.base_port + int(name[3:]) - 1 for name in info
                   if name.startswith("web") and name[3:].isdigit() and name not in ports}
@@ -288,64 +210,56 @@ class NativeFarm:
         return [i.name for i in self.config.web]
 
     def pid(self, name: str) -> int:
-        return int(self._rpc().getProcessInfo(name)["pid"])
+        return self.supervisor.pid(name)
 
     def kill(self, name: str, sig: str = "KILL") -> int:
         """Send a signal through the supervisor; returns the pid that got it."""
         pid = self.pid(name)
-        self._rpc().signalProcess(name, sig)
+        self.supervisor.signal(name, sig)
         return pid
 
     def stop(self, name: str) -> None:
-        self._rpc().stopProcess(name)
+        self.supervisor.stop(name)
 
     def start(self, name: str) -> None:
-        self._rpc().startProcess(name)
+        self.supervisor.start(name)
 
     def is_serving(self, name: str) -> bool:
         inst = next(i for i in self.config.web if i.name == name)
-        try:
-            return httpx.get(f"{inst.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return _answers(f"{inst.url}/healthz", 1)
 
     def unhealthy(self) -> list[str]:
         """Names of the parts that do not answer yet (empty when the farm is healthy)."""
         bad = [i.name for i in self.config.web if not self.is_serving(i.name)]
-        try:
-            if httpx.get(f"{self.config.balancer_url}/healthz", timeout=1).status_code != 200:
-                bad.append("nginx")
-        except httpx.HTTPError:
+        if not _answers(f"{self.config.balancer_url}/healthz", 1):
             bad.append("nginx")
-        try:
-            ready = httpx.get(f"{self.config.web[0].url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            ready = False
-        if not ready:
+        if not _answers(f"{self.config.web[0].url}/readyz", 2):
             bad.append("redis")
         elif self.config.sentinel and not redis_ha.failover_ready(self.config):
             bad.extend(["redis-replica", *self.config.sentinels])
         return bad
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (bad := self.unhealthy()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if bad:
-            tails = "\n".join(f"--- {self.log_path(n)} ---\n{self.tail(n)}" for n in bad)
-            raise FarmError(f"not healthy after {timeout_s:.0f} s: {', '.join(bad)}\n{tails}")
+        if wait_until(lambda: not self.unhealthy(), timeout_s, interval_s=0.2):
+            return
+        bad = self.unhealthy()
+        if not bad:
+            return
+        tails = "\n".join(f"--- {self.log_path(n)} ---\n{self.tail(n)}" for n in bad)
+        raise FarmError(f"not healthy after {timeout_s:.0f} s: {', '.join(bad)}\n{tails}")
 
     def log_path(self, name: str) -> str:
         return str(self.state_dir / "logs" / f"{name}.log")
 
     def tail(self, name: str, lines: int = 15) -> str:
         try:
-            with open(self.log_path(name)) as f:
-                return "".join(f.readlines()[-lines:])
+            return "".join(Path(self.log_path(name)).read_text().splitlines(keepends=True)[-lines:])
         except OSError:
             return "(no log)"
 
 
-def as_rows(statuses: list[ProcessStatus]) -> list[tuple[str, str, str, str]]:
-    return [(s.name, str(s.port or "-"), str(s.pid or "-"), "up" if s.up else s.state.lower())
-            for s in statuses]
+def _answers(url: str, timeout_s: float) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -12,10 +12,10 @@ failover, and a primary that loses its process would rely on its AOF alone."""
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from farmctl.redis_ha import primary_port
+from farmctl.wait import wait_until
 
 FAILOVER_WAIT_S = 10.0
 
@@ -38,9 +38,7 @@ def main(argv: list[str]) -> None:
 
     marker = started_marker(args.dir)
     if marker.exists():  # restarted after a crash (or a stop)
-        deadline = time.monotonic() + FAILOVER_WAIT_S
-        while primary_port(sentinels) in (args.me, None) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: primary_port(sentinels) not in (args.me, None), FAILOVER_WAIT_S, interval_s=0.2)
     marker.touch()
     primary = primary_port(sentinels) or args.replica_of
     if primary and primary != args.me:

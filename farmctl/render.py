@@ -17,9 +17,14 @@ from farmctl.config import (
     FarmConfig,
     Instance,
 )
+from farmctl.secret import csrf_secret
+from farmctl.tls import certificate_paths
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
 DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
+#: The Sentinel services of compose.yaml (profile `sentinel`), each on Sentinel's default port.
+DOCKER_SENTINEL_NAMES = ("sentinel1", "sentinel2", "sentinel3")
+DOCKER_SENTINEL_PORT = 26379
 
 
 def _env(directory: Path) -> Environment:
@@ -46,8 +51,8 @@ def render_nginx_native(config: FarmConfig, draining: Collection[str] = ()) -> s
         listen_host="127.0.0.1",
         http_port=config.http_port,
         https_port=config.https_port,
-        tls_cert=config.state_dir / "tls" / "cert.pem",
-        tls_key=config.state_dir / "tls" / "key.pem",
+        tls_cert=certificate_paths(config.state_dir)[0],
+        tls_key=certificate_paths(config.state_dir)[1],
         proxy_source=PROXY_SOURCE,
         state_dir=config.state_dir,
         static_dir=PROJECT_ROOT / "app" / "static",
@@ -73,7 +78,10 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
 
 
 def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]]:
+    """The environment of one native instance: a demo, with the farm's own CSRF secret."""
     yield "INSTANCE_NAME", inst.name
+    yield "ENVIRONMENT", "demo"
+    yield "CSRF_SECRET", csrf_secret(config.state_dir)
     yield "REDIS_URL", config.redis_url
     if config.sentinel:
         yield "REDIS_SENTINELS", config.sentinel_addresses
@@ -103,18 +111,54 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         redis_nodes=config.redis_nodes,
         sentinels=config.sentinels,
         instances=config.web,
-        app_keepalive_s=APP_KEEPALIVE_S,
         proxy_source=PROXY_SOURCE,
         env=lambda inst: instance_env(config, inst),
     )
 
 
 def render_sentinel(config: FarmConfig, port: int) -> str:
-    """The initial config of one Sentinel; it rewrites the file itself from then on."""
+    """The initial config of one native Sentinel; it rewrites the file itself from then on."""
     return _env(Path(__file__).parent).get_template("sentinel.conf.j2").render(
+        runtime="native",
         port=port,
         state_dir=config.state_dir,
         master=SENTINEL_MASTER,
+        primary_host="127.0.0.1",
         primary_port=config.redis_port,
+        replica_host="127.0.0.1",
         replica_port=config.replica_port,
+    )
+
+
+def render_sentinel_docker(name: str) -> str:
+    """The initial config of the Sentinel service `name` of compose.yaml, which copies it to a writable
+    place at its first start (Sentinel rewrites it). Services are known by name: their addresses change."""
+    return _env(Path(__file__).parent).get_template("sentinel.conf.j2").render(
+        runtime="docker",
+        port=DOCKER_SENTINEL_PORT,
+        announce=name,
+        master=SENTINEL_MASTER,
+        primary_host="redis",
+        primary_port=6379,
+    )
+
+
+def render_nginx_kubernetes(namespace: str = "webfarm", service: str = "web", port: int = 8000,
+                            cluster_domain: str = "cluster.local",
+                            resolver: str = "kube-dns.kube-system.svc.cluster.local") -> str:
+    """The balancer's config for k8s/ (committed as k8s/base/nginx.conf): one upstream name, the web
+    pods' headless Service, which nginx re-resolves through the cluster DNS, so pods join and leave
+    the rotation with their readiness. Unprivileged: port 8080, pid and temp files under /tmp."""
+    web = [Instance(service, f"{service}.{namespace}.svc.{cluster_domain}", port)]
+    return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
+        runtime="kubernetes",
+        instances=web,
+        draining=set(),
+        balance="round_robin",
+        resolver=resolver,
+        listen_host="0.0.0.0",
+        http_port=8080,
+        https_port=None,
+        static_dir="/srv/static",
+        **_nginx_common(),
     )

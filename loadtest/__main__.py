@@ -5,9 +5,10 @@ import os
 import sys
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
-from farmctl.native import FarmError, NativeFarm, free_port_block
+from farmctl.lifecycle import open_farm, running_farm
+from farmctl.runtime import FarmError
 from loadtest.report import verdict_table
-from loadtest.run import SCENARIOS, LoadSpec, comparison_table, run_scenario, write_comparison
+from loadtest.run import SCENARIOS, LoadSpec, check_chaos, comparison_table, run_scenario, write_comparison
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
             config = FarmConfig.from_env()
             if args.chaos == "redis" and not env.get("REDIS"):
                 config = FarmConfig.from_env(redis_mode="sentinel")  # a primary to kill, a replica to promote
-            summary = run_scenario(config, spec, out, args.runtime)
+            farm = open_farm(config, args.runtime)
+            check_chaos(farm, spec)
+            farm.up()  # and left running afterwards, like the farm of `make up` it usually is
+            summary = run_scenario(farm, spec, out)
             print("\n" + verdict_table(summary))
             print(f"\nwritten: {out}/summary.json, report.html, timeline.png")
             return 0 if summary["verdict"] == "PASS" else 1
@@ -40,20 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = LoadSpec(users=args.users or 20, duration=args.duration or "45s",
                         kill_every_s=args.kill_every or 10.0, kill_signal=args.signal)
         out = PROJECT_ROOT / "reports" / "compare"
-        instances = int(env.get("N") or 3)
         summaries = {}
         for name, (backend, balance) in SCENARIOS.items():
             slug = name.replace(" + ", "-").replace(" ", "")
-            base = free_port_block(instances + 3)
-            config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
-                                base_port=base + 3,
-                                session_backend=backend, balance=balance,
-                                state_dir=PROJECT_ROOT / ".farm" / f"compare-{slug}")
-            farm = NativeFarm(config)
-            try:
-                summaries[name] = run_scenario(config, spec, out / slug, "native", title=name)
-            finally:
-                farm.down()
+            config = FarmConfig(instances=int(env.get("N") or 3), session_backend=backend, balance=balance,
+                                redis_mode="single", state_dir=PROJECT_ROOT / ".farm" / f"compare-{slug}")
+            config = config.on_free_ports()
+            with running_farm(config, "native") as farm:
+                summaries[name] = run_scenario(farm, spec, out / slug, title=name)
         write_comparison(summaries, out)
         print("\n" + comparison_table(summaries))
         print(f"\nwritten: {out}/summary.json, compare.png (and one folder per setup)")

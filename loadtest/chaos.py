@@ -14,6 +14,7 @@ import httpx
 
 from farmctl import redis_ha
 from farmctl.runtime import Farm
+from farmctl.wait import wait_until
 from loadtest.ledger import KillRecord, Ledger
 
 log = logging.getLogger("chaos")
@@ -93,13 +94,9 @@ class Chaos:
         self._await(record, failed_over, "replaced by a new primary")
 
     def _await(self, record: KillRecord, back: Callable[[], bool], what: str) -> None:
-        deadline = record.at + RETURN_TIMEOUT_S
-        while time.time() < deadline:
-            if back():
-                record.returned_at = time.time()
-                log.info("chaos: %s %s after %.1fs", record.name, what, record.returned_at - record.at)
-                break
-            time.sleep(0.1)
+        if wait_until(back, record.at + RETURN_TIMEOUT_S - time.time()):
+            record.returned_at = time.time()
+            log.info("chaos: %s %s after %.1fs", record.name, what, record.returned_at - record.at)
         else:
             log.error("chaos: %s NOT %s within %.0fs", record.name, what, RETURN_TIMEOUT_S)
         self.down.discard(record.name)

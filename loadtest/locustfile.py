@@ -1,7 +1,7 @@
 """Users who sign in once and browse, checking every answer, while the chaos kills instances.
 
 Run by `python -m loadtest run` (make loadtest); settings arrive as LOADTEST_* variables and the
-farm's shape as the same variables `make up` reads, so the chaos drives the same farm."""
+farm's config whole, serialized in WEBFARM_FARM_CONFIG, so the chaos drives the same farm."""
 
 import logging
 import os
@@ -16,8 +16,9 @@ from locust import HttpUser, between, events, task
 from locust.clients import ResponseContextManager
 from locust.env import Environment
 
-from farmctl.config import FarmConfig
-from farmctl.runtime import open_farm
+from farmctl.config import CONFIG_VARIABLE, FarmConfig
+from farmctl.lifecycle import open_farm
+from farmctl.wait import wait_until
 from loadtest.chaos import Chaos
 from loadtest.ledger import CartBook, Ledger, Outcome
 
@@ -142,7 +143,7 @@ def start_chaos(environment: Environment, **_: Any) -> None:
                        "chaos": os.environ.get("LOADTEST_CHAOS", "instances")}
     if kill_every <= 0:
         return
-    farm = open_farm(FarmConfig.from_env(), os.environ.get("RUNTIME") or "auto")
+    farm = open_farm(FarmConfig.from_json(os.environ[CONFIG_VARIABLE]), os.environ.get("RUNTIME") or "auto")
     chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]), str(ledger.settings["chaos"]))
     threading.Thread(target=chaos.run, daemon=True).start()
 
@@ -152,9 +153,8 @@ def save_ledger(environment: Environment, **_: Any) -> None:
     ledger.stopped_at = time.time()
     if chaos:
         chaos.stop()
-        deadline = time.time() + 15  # give the last killed instance the time to come back
-        while chaos.down and time.time() < deadline:
-            time.sleep(0.2)
+        current = chaos
+        wait_until(lambda: not current.down, 15, interval_s=0.2)  # the last killed instance's time to come back
     out = Path(os.environ.get("LOADTEST_OUT", "reports/loadtest"))
     out.mkdir(parents=True, exist_ok=True)
     ledger.save(out / "ledger.json")

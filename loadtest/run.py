@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farmctl.config import PROJECT_ROOT, FarmConfig
-from farmctl.native import FarmError
-from farmctl.runtime import open_farm
+from farmctl.config import CONFIG_VARIABLE, PROJECT_ROOT
+from farmctl.runtime import Farm, FarmError
 from loadtest.ledger import Ledger
 from loadtest.report import comparison_chart, summarize, timeline_chart
 
@@ -27,27 +26,22 @@ class LoadSpec:
     chaos: str = "instances"  # or "redis": kill the Redis primary (needs REDIS=sentinel)
 
 
-def farm_environment(config: FarmConfig, runtime: str) -> dict[str, str]:
-    """The variables FarmConfig.from_env reads, so the chaos inside Locust finds this farm."""
-    return {
-        "N": str(config.instances), "HTTP_PORT": str(config.http_port), "BASE_PORT": str(config.base_port),
-        "REDIS_PORT": str(config.redis_port), "STATE_DIR": str(config.state_dir), "RUNTIME": runtime,
-        "SESSION_BACKEND": config.session_backend, "BALANCE": config.balance, "REDIS": config.redis_mode,
-        "REPLICA_PORT": str(config.replica_port), "SENTINEL_PORTS": ",".join(map(str, config.sentinel_ports)),
-    }
-
-
-def run_scenario(config: FarmConfig, spec: LoadSpec, out: Path, runtime: str = "auto",
-                 title: str = "webfarm load test") -> dict[str, Any]:
-    """Run one load test; returns the summary and writes summary.json, report.html, timeline.png."""
-    farm = open_farm(config, runtime)
-    if spec.chaos == "redis" and (not config.sentinel or farm.name != "native"):
+def check_chaos(farm: Farm, spec: LoadSpec) -> None:
+    """Refuse a chaos the farm cannot survive by design, before anything starts."""
+    if spec.chaos == "redis" and (not farm.config.sentinel or farm.name != "native"):
         raise FarmError("CHAOS=redis kills the Redis primary and needs a native farm with REDIS=sentinel "
                         "(a replica and Sentinels to fail over to)")
-    farm.up()
+
+
+def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm load test") -> dict[str, Any]:
+    """Run one load test against `farm`, which is up (see farmctl.lifecycle); returns the summary and
+    writes summary.json, report.html, timeline.png."""
+    check_chaos(farm, spec)
+    config = farm.config
     out.mkdir(parents=True, exist_ok=True)
     (out / "ledger.json").unlink(missing_ok=True)
-    env = {**os.environ, **farm_environment(config, farm.name), "LOADTEST_OUT": str(out),
+    # The chaos inside Locust drives this very farm: it gets the config whole, not re-read from make variables.
+    env = {**os.environ, CONFIG_VARIABLE: config.model_dump_json(), "RUNTIME": farm.name, "LOADTEST_OUT": str(out),
            "LOADTEST_KILL_EVERY": str(spec.kill_every_s), "LOADTEST_KILL_SIGNAL": spec.kill_signal,
            "LOADTEST_CHAOS": spec.chaos, "PYTHONPATH": str(PROJECT_ROOT)}
     victim = "the Redis primary" if spec.chaos == "redis" else "an instance"

@@ -1,18 +1,32 @@
 """Fixtures that start REAL parts on free loopback ports: a bare Redis, and whole farms."""
 
+import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import redis
 
 from farmctl.config import FarmConfig
-from farmctl.native import NativeFarm, free_port_block
+from farmctl.lifecycle import running_farm
+from farmctl.native import NativeFarm
+from farmctl.ports import free_port_block
+from farmctl.wait import wait_until
 
 FarmFactory = Callable[..., NativeFarm]
+
+#: The make variables FarmConfig reads: the tests' farms are shaped by the tests, not by `make test N=5`.
+FARM_VARIABLES = ("N", "HTTP_PORT", "HTTPS_PORT", "BASE_PORT", "REDIS_PORT", "REDIS", "REPLICA_PORT",
+                  "SENTINEL_PORTS", "SESSION_BACKEND", "BALANCE", "DEMO_CONTROLS", "STATE_DIR", "KEY_PREFIX",
+                  "RUNTIME")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for variable in FARM_VARIABLES:
+        os.environ.pop(variable, None)
 
 
 @pytest.fixture(scope="session")
@@ -23,48 +37,32 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
+    with redis.Redis(port=port) as client:
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        if not wait_until(answers, 10, interval_s=0.05):
+            proc.kill()
+            raise RuntimeError(f"redis-server on port {port} did not answer within 10 s")
     yield f"redis://127.0.0.1:{port}/0"
-    client.close()
     proc.terminate()
     proc.wait(10)
 
 
 @pytest.fixture(scope="session")
 def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFactory]:
-    """Start farms on free ports (each in its own state dir); every one is stopped at the end."""
-    started: list[NativeFarm] = []
+    """Start farms on free ports (each in its own state dir); every one is stopped at the end.
+    `spare` free ports after the instances' leave room to scale up to instances + spare."""
+    with ExitStack() as stack:
+        def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
+            config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
+                                **options)  # type: ignore[arg-type]
+            return stack.enter_context(running_farm(config.on_free_ports(spare), "native", start=start))
 
-    def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
-        """`spare` free ports after the instances' leave room to scale up to instances + spare;
-        with redis_mode="sentinel", four more for the replica and the Sentinels."""
-        ha = 4 if options.get("redis_mode") == "sentinel" else 0
-        base = free_port_block(instances + 3 + spare + ha)
-        if ha:
-            replica = base + 3 + instances + spare
-            options |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
-        config = FarmConfig(instances=instances, http_port=base, redis_port=base + 1, https_port=base + 2,
-                            base_port=base + 3,
-                            state_dir=Path(tmp_path_factory.mktemp("farm")), **options)  # type: ignore[arg-type]
-        farm = NativeFarm(config)
-        started.append(farm)
-        if start:
-            farm.up(timeout_s=60)
-        return farm
-
-    yield start
-    for farm in started:
-        farm.down()
+        yield start
 
 
 @pytest.fixture(scope="session")

@@ -143,10 +143,19 @@ def test_requests_through_balancer_get_a_request_id(api: httpx.Client) -> None:
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
 
 
-def test_an_8kb_cookie_is_a_json_400_from_the_balancer(farm: NativeFarm) -> None:
+def test_an_8kb_cookie_is_a_json_431_from_the_balancer(farm: NativeFarm) -> None:
     response = httpx.get(f"{farm.config.balancer_url}/api/me", headers={"cookie": "webfarm_session=" + "a" * 9000})
-    assert response.status_code == 400
-    assert "too large" in response.json()["detail"]
+    assert response.status_code == 431
+    assert response.json() == {"detail": "request headers too large"}
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/static/style.css", 405), ("GET", "/" + "a" * 10_000, 414), ("GET", "/api/me?" + "q" * 9000, 414)])
+def test_errors_nginx_answers_itself_are_json_too(farm: NativeFarm, method: str, path: str, status: int) -> None:
+    response = httpx.request(method, f"{farm.config.balancer_url}{path}")
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert set(response.json()) == {"detail"}
 
 
 def test_duplicate_session_cookies_are_refused_never_500(farm: NativeFarm) -> None:

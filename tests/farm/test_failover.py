@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from farmctl.native import NativeFarm
+from farmctl.wait import wait_until
 from tests.farm.users import signed_in, with_cookie
 
 pytestmark = pytest.mark.farm
@@ -71,11 +72,8 @@ def test_sigkill_of_an_instance_costs_no_failed_get(farm: NativeFarm) -> None:
         killed_at = time.monotonic()
         farm.kill(victim, "KILL")
         back_after = None
-        while time.monotonic() - killed_at < 10:
-            if farm.pid(victim) not in (0, old_pid) and farm.is_serving(victim):
-                back_after = time.monotonic() - killed_at
-                break
-            time.sleep(0.1)
+        if wait_until(lambda: farm.pid(victim) not in (0, old_pid) and farm.is_serving(victim), 10):
+            back_after = time.monotonic() - killed_at
         time.sleep(1)
         stop.set()
         for finished in streams:
@@ -123,14 +121,8 @@ def test_redis_outage_is_a_503_and_the_farm_recovers_by_itself(farm: NativeFarm)
                 assert httpx.get(f"{inst.url}/readyz").status_code == 503
         finally:
             farm.start("redis")
-        recovered = None
-        started = time.monotonic()
-        while time.monotonic() - started < 10:
-            if all(client.get("/api/me").status_code == 200 for _ in farm.config.web):
-                recovered = time.monotonic() - started
-                break
-            time.sleep(0.1)
-        assert recovered is not None, "the farm did not recover within 10 s of Redis returning"
+        assert wait_until(lambda: all(client.get("/api/me").status_code == 200 for _ in farm.config.web), 10), \
+            "the farm did not recover within 10 s of Redis returning"
         assert client.get("/api/me").json()["requests_in_session"] >= 1
 
 

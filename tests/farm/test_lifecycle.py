@@ -4,7 +4,8 @@ import socket
 
 import pytest
 
-from farmctl.native import FarmError, port_is_free
+from farmctl.ports import port_is_free
+from farmctl.runtime import FarmError
 from tests.conftest import FarmFactory
 
 pytestmark = pytest.mark.farm

@@ -16,6 +16,7 @@ import redis
 from farmctl import redis_ha
 from farmctl.config import SENTINEL_MASTER
 from farmctl.native import NativeFarm
+from farmctl.wait import wait_until
 from tests.conftest import FarmFactory
 from tests.farm.users import signed_in
 
@@ -72,18 +73,17 @@ def watch(sentinel_farm: NativeFarm) -> Iterator[Watch]:
 
 def wait_until_every_user_is_served(watch: Watch, since: float) -> float | None:
     """Seconds from `since` until every user had a 200 after it; None if not within FOLLOW_WITHIN_S."""
-    while time.monotonic() - since < FOLLOW_WITHIN_S:
-        if len(watch.last_ok) == USERS and min(watch.last_ok.values()) > since:
-            return max(watch.last_ok.values()) - since
-        time.sleep(0.1)
-    return None
+    def served() -> bool:
+        return len(watch.last_ok) == USERS and min(watch.last_ok.values()) > since
+
+    if not wait_until(served, FOLLOW_WITHIN_S - (time.monotonic() - since)):
+        return None
+    return max(watch.last_ok.values()) - since
 
 
 def wait_failover_ready(farm: NativeFarm, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not redis_ha.failover_ready(farm.config):
-        assert time.monotonic() < deadline, "the old primary did not rejoin as an in-sync replica"
-        time.sleep(0.2)
+    assert wait_until(lambda: redis_ha.failover_ready(farm.config), timeout_s, interval_s=0.2), \
+        "the old primary did not rejoin as an in-sync replica"
 
 
 def test_login_acknowledged_by_the_replica_before_the_answer(sentinel_farm: NativeFarm) -> None:
@@ -122,12 +122,10 @@ def test_manual_failover_without_a_crash_is_followed(sentinel_farm: NativeFarm, 
     config = sentinel_farm.config
     wait_failover_ready(sentinel_farm)
     old = redis_ha.primary_name(config)
-    started = time.monotonic()
     with redis.Redis(port=config.sentinel_ports[0]) as sentinel:
         assert sentinel.sentinel_failover(SENTINEL_MASTER)
-    while redis_ha.primary_name(config) in (None, old):
-        assert time.monotonic() - started < FOLLOW_WITHIN_S, "the Sentinels did not fail over"
-        time.sleep(0.1)
+    assert wait_until(lambda: redis_ha.primary_name(config) not in (None, old), FOLLOW_WITHIN_S), \
+        "the Sentinels did not fail over"
     took = wait_until_every_user_is_served(watch, time.monotonic())
 
     assert took is not None, f"not every user was served within {FOLLOW_WITHIN_S} s: {watch.statuses}"

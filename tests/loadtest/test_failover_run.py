@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farmctl.native import FarmError
+from farmctl.runtime import FarmError
 from loadtest.run import LoadSpec, run_scenario
 from tests.conftest import FarmFactory
 
@@ -16,8 +16,7 @@ SHORT = LoadSpec(users=6, duration="20s", kill_every_s=5, spawn_rate=6)
 
 
 def test_redis_sessions_survive_repeated_kills(farm_factory: FarmFactory, tmp_path: Path) -> None:
-    farm = farm_factory(3, start=False)
-    summary = run_scenario(farm.config, SHORT, tmp_path, "native")
+    summary = run_scenario(farm_factory(3), SHORT, tmp_path)
     assert summary["verdict"] == "PASS", summary
     assert summary["kills"] >= 3
     assert summary["returns"] == summary["kills"]
@@ -30,8 +29,7 @@ def test_redis_sessions_survive_repeated_kills(farm_factory: FarmFactory, tmp_pa
 
 
 def test_in_process_sessions_fail_the_same_run(farm_factory: FarmFactory, tmp_path: Path) -> None:
-    farm = farm_factory(3, start=False, session_backend="memory")
-    summary = run_scenario(farm.config, SHORT, tmp_path, "native")
+    summary = run_scenario(farm_factory(3, session_backend="memory"), SHORT, tmp_path)
     assert summary["verdict"] == "FAIL"
     assert summary["sessions_lost"] > 10
 
@@ -39,9 +37,8 @@ def test_in_process_sessions_fail_the_same_run(farm_factory: FarmFactory, tmp_pa
 def test_redis_primary_kill_run_completes_with_failover(farm_factory: FarmFactory, tmp_path: Path) -> None:
     """CHAOS=redis: a SIGKILL of the Redis primary mid-run, timed until the Sentinels name a new one.
     What it cost (sessions lost, lost updates, 503s) is reported, not asserted: replication is asynchronous."""
-    farm = farm_factory(3, start=False, redis_mode="sentinel")
     spec = LoadSpec(users=6, duration="20s", kill_every_s=8, spawn_rate=6, chaos="redis")
-    summary = run_scenario(farm.config, spec, tmp_path, "native")
+    summary = run_scenario(farm_factory(3, redis_mode="sentinel"), spec, tmp_path)
     print(json.dumps({k: summary[k] for k in ("kills", "return_times_s", "sessions_lost", "lost_updates",
                                               "failures", "requests")}))
     assert summary["chaos"] == "redis"
@@ -54,4 +51,4 @@ def test_redis_primary_kill_run_completes_with_failover(farm_factory: FarmFactor
 def test_redis_chaos_refused_without_sentinels(farm_factory: FarmFactory, tmp_path: Path) -> None:
     farm = farm_factory(1, start=False)
     with pytest.raises(FarmError, match="REDIS=sentinel"):
-        run_scenario(farm.config, LoadSpec(chaos="redis"), tmp_path, "native")
+        run_scenario(farm, LoadSpec(chaos="redis"), tmp_path)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from farmctl.config import APP_KEEPALIVE_S, FarmConfig
-from farmctl.native import NativeFarm
 from farmctl.render import render_nginx_native, require_binary
+from farmctl.tls import ensure_certificate
 
 pytestmark = pytest.mark.parametrize("balance", ["round_robin", "sticky"])
 
@@ -22,7 +22,7 @@ def config(balance: str, tmp_path: Path) -> FarmConfig:
     # Four instances, not the default three: the render must follow the config, not a constant.
     # HTTPS is on, as with `make up`; its self-signed certificate is made the way `make up` makes it.
     config = FarmConfig(instances=4, balance=balance, state_dir=tmp_path)
-    NativeFarm(config).ensure_certificate()
+    ensure_certificate(tmp_path)
     return config
 
 

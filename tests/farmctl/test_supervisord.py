@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from farmctl.config import FarmConfig
+from farmctl.config import PROXY_SOURCE, FarmConfig
 from farmctl.native import NativeFarm
 from farmctl.render import render_sentinel, render_supervisord
+from farmctl.secret import csrf_secret
 
 SUPERVISOR_SECTIONS = {"unix_http_server", "supervisord", "rpcinterface:supervisor", "supervisorctl"}
 
@@ -50,6 +51,20 @@ def test_render_sentinel_mode_with_replica_and_three_sentinels(tmp_path: Path) -
     assert "port 7102" in sentinel
     assert f"sentinel monitor webfarm 127.0.0.1 {config.redis_port} 2" in sentinel
     assert "sentinel known-replica webfarm 127.0.0.1 7001" in sentinel
+
+
+def test_render_instances_through_python_m_app_as_a_demo_with_the_farm_secret(tmp_path: Path) -> None:
+    config = FarmConfig(instances=2, state_dir=tmp_path)
+    rendered = programs(config)
+    argv = rendered["web2"]["command"].split()
+    assert argv == ["/venv/bin/python", "-m", "app", "--host", "127.0.0.1", "--port", str(config.web[1].port),
+                    "--forwarded-allow-ips", PROXY_SOURCE]
+    secret = (tmp_path / "csrf_secret").read_text()
+    assert len(secret) >= 32
+    assert f'CSRF_SECRET="{secret}"' in rendered["web1"]["environment"]
+    assert 'ENVIRONMENT="demo"' in rendered["web1"]["environment"]
+    assert programs(config)["web1"]["environment"] == rendered["web1"]["environment"]  # made once, then kept
+    assert csrf_secret(tmp_path / "other") != secret
 
 
 @pytest.mark.parametrize(("starting", "kept"), [(False, True), (True, False)], ids=["running", "starting"])

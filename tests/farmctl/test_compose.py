@@ -2,11 +2,12 @@
 on (healthchecks, restart policies, start order), and agreement with the rendered nginx config."""
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
-import time
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ import redis
 import yaml
 from jsonschema import Draft7Validator
 
-from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT
+from app.__main__ import KEEPALIVE_S
+from farmctl.__main__ import render_docker
+from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER
 from farmctl.docker import DOCKER_SENTINELS, engine_available
-from farmctl.native import free_port_block
+from farmctl.ports import free_port_block
 from farmctl.render import DOCKER_INSTANCES, render_nginx_docker
+from farmctl.wait import wait_until
 
 COMPOSE_FILE = PROJECT_ROOT / "compose.yaml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -113,13 +117,14 @@ def test_validate_compose_with_docker_cli() -> None:
     if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0:
         pytest.skip("the docker compose plugin is not installed")
     result = subprocess.run(["docker", "compose", "--project-directory", str(PROJECT_ROOT), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60, check=False)
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "CSRF_SECRET": "x" * 32})
     assert result.returncode == 0, result.stderr
 
 
 def test_declare_healthcheck_and_restart_on_every_long_lived_service(services: dict[str, Service]) -> None:
     jobs = one_shot(services)
-    assert jobs == {"nginx-config"}
+    assert jobs == {"farm-config"}
     daemons = {name: svc for name, svc in services.items() if name not in jobs}
     assert {"redis", "nginx", *WEB_SERVICES} <= set(daemons)
     for name, svc in daemons.items():
@@ -155,13 +160,20 @@ def test_declare_web_environment_pointing_at_compose_redis(services: dict[str, S
     assert env["DEMO_CONTROLS"] in ("0", "${DEMO_CONTROLS:-0}")
 
 
+def test_declare_web_secret_required_and_production_by_default(services: dict[str, Service]) -> None:
+    env = services[WEB_SERVICES[0]]["environment"]
+    # `${VAR:?message}`: compose refuses to start without it; no demo value to fall back on.
+    assert re.fullmatch(r"\$\{CSRF_SECRET:\?.+\}", env["CSRF_SECRET"])
+    assert env["ENVIRONMENT"] == "${ENVIRONMENT:-production}"
+
+
 def test_start_nginx_after_config_and_every_healthy_instance(services: dict[str, Service]) -> None:
     assert depends_on(services["nginx"]) == {
-        "nginx-config": "service_completed_successfully",
+        "farm-config": "service_completed_successfully",
         **dict.fromkeys(WEB_SERVICES, "service_healthy"),
     }
     # nginx reads its config once: a re-rendered one must restart it.
-    assert services["nginx"]["depends_on"]["nginx-config"].get("restart") is True
+    assert services["nginx"]["depends_on"]["farm-config"].get("restart") is True
 
 
 def test_publish_only_nginx_on_loopback(services: dict[str, Service]) -> None:
@@ -203,10 +215,11 @@ def test_render_docker_listen_matching_published_port(services: dict[str, Servic
 
 
 def test_render_docker_config_where_nginx_reads_it(compose: dict[str, Any], services: dict[str, Service]) -> None:
-    script = command_argv(services["nginx-config"])[-1]
-    assert f"render-docker-nginx --instances {DOCKER_INSTANCES} " in script
+    argv = command_argv(services["farm-config"])
+    assert argv[:4] == ["python", "-m", "farmctl", "render-docker"]
+    assert int(option(argv, "--instances")) == DOCKER_INSTANCES
     conf = option(command_argv(services["nginx"]), "-c")
-    assert re.findall(r"mv \S+ (\S+)$", script) == [conf]
+    assert conf == option(argv, "--out") + "/nginx.conf"
 
     def mount_of(service: str, path: str) -> str:
         for volume in services[service]["volumes"]:
@@ -215,7 +228,7 @@ def test_render_docker_config_where_nginx_reads_it(compose: dict[str, Any], serv
                 return source
         raise AssertionError(f"{service} mounts nothing at {path}")
 
-    assert mount_of("nginx-config", conf) == mount_of("nginx", conf)
+    assert mount_of("farm-config", conf) == mount_of("nginx", conf)
     assert mount_of("nginx", conf) in compose["volumes"]
     static = re.search(r"alias (\S+)/;", render_nginx_docker())
     assert static is not None
@@ -223,9 +236,10 @@ def test_render_docker_config_where_nginx_reads_it(compose: dict[str, Any], serv
 
 
 def test_run_uvicorn_keepalive_longer_than_nginx(uvicorn_cmd: list[str]) -> None:
-    assert uvicorn_cmd[:2] == ["uvicorn", "app.main:create_app"]
-    assert "--factory" in uvicorn_cmd
-    assert int(option(uvicorn_cmd, "--timeout-keep-alive")) == APP_KEEPALIVE_S
+    # python -m app: the uvicorn flags the native instances and the bench's peers get too.
+    assert uvicorn_cmd[:3] == ["python", "-m", "app"]
+    assert "--factory" not in uvicorn_cmd  # app/__main__.py's default: app.main:create_app
+    assert KEEPALIVE_S == APP_KEEPALIVE_S
     timeouts = [int(s) for s in re.findall(r"^\s*keepalive_timeout (\d+)s;", render_nginx_docker(), re.M)]
     assert timeouts
     assert max(timeouts) < APP_KEEPALIVE_S
@@ -261,35 +275,56 @@ def test_build_image_dependencies_before_source(dockerfile: list[Instruction]) -
     def first(prefix: str) -> int:
         return next(i for i, step in enumerate(steps) if step.startswith(prefix))
 
-    assert first("COPY requirements.lock") < first("RUN pip install") < first("COPY app/")
-    # farmctl/ and nginx/ are what the nginx-config service runs.
+    assert first("COPY pyproject.toml requirements.lock") < first("RUN python -c") < first("COPY app/")
+    # farmctl/ and nginx/ are what the farm-config service runs.
     assert {"COPY app/ app/", "COPY farmctl/ farmctl/", "COPY nginx/ nginx/"} <= set(steps)
 
 
-def test_build_image_installing_locked_runtime_dependencies(dockerfile: list[Instruction]) -> None:
+def test_build_image_installing_locked_runtime_dependencies(dockerfile: list[Instruction], tmp_path: Path) -> None:
     install = next(args for keyword, args in dockerfile if keyword == "RUN" and "pip install" in args)
-    assert "-c requirements.lock" in install
+    assert "-c requirements.lock -r requirements.txt" in install
+    # The list is pyproject.toml's own: run the image's extraction step on it.
+    script = shlex.split(install.partition(" > requirements.txt")[0])
+    assert script[:2] == ["python", "-c"]
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
+    listed = subprocess.run([sys.executable, "-c", script[2]], cwd=tmp_path, capture_output=True, text=True,
+                            check=True).stdout.split()
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    assert listed == project["dependencies"]
 
     def name(requirement: str) -> str:
         return re.split(r"[\[<>=~! ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
-    installed = {name(arg) for arg in shlex.split(install.partition("pip install")[2]) if not arg.startswith("-")}
-    installed.discard("requirements.lock")
     locked = {name(line) for line in (PROJECT_ROOT / "requirements.lock").read_text().splitlines() if line.strip()}
-    runtime = {name(dep) for dep in tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
-               ["project"]["dependencies"]}
-    # `python -m farmctl` (the nginx-config service) imports farmctl.native, which imports supervisor.
-    assert runtime | {"supervisor"} <= installed
-    assert installed <= locked
+    assert {name(dep) for dep in listed} <= locked
+    assert "supervisor" not in {name(dep) for dep in listed}
+
+
+def test_render_docker_configs_without_supervisor_or_psutil(tmp_path: Path) -> None:
+    """What the farm-config service runs, with the native runtime's libraries made unimportable, as in the image."""
+    blocker = ("import sys\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('supervisor', 'psutil'):\n"
+               "            raise ImportError(f'{name} is not in the image')\n"
+               "sys.meta_path.insert(0, Block())\n"
+               "from farmctl.__main__ import main\n"
+               f"sys.exit(main(['render-docker', '--out', {str(tmp_path)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", blocker], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nginx.conf", *(f"{s}.conf" for s in SENTINELS)]
 
 
 SENTINELS = ["sentinel1", "sentinel2", "sentinel3"]
 
 
-def sentinel_script(services: dict[str, Service], conf: Path) -> str:
-    """The sentinel services' start script as the container's shell runs it, writing to `conf`."""
+def sentinel_script(services: dict[str, Service], rendered: Path, conf: Path) -> str:
+    """The sentinel services' start script as the container's shell runs it: copying from `rendered`
+    (farm-config's output) to `conf`."""
     script = command_argv(services["sentinel1"])[-1]
-    return script.replace("$$", "$").replace("/tmp/sentinel.conf", str(conf))
+    config_dir = next(str(v).split(":")[1] for v in services["sentinel1"]["volumes"])
+    return script.replace("$$", "$").replace("/tmp/sentinel.conf", str(conf)).replace(config_dir, str(rendered))
 
 
 def test_declare_sentinel_profile_with_replica_and_three_sentinels(services: dict[str, Service]) -> None:
@@ -303,7 +338,9 @@ def test_declare_sentinel_profile_with_replica_and_three_sentinels(services: dic
         assert option(command_argv(services[name]), "--replica-announce-ip") == name
     for name in SENTINELS:
         assert services[name]["environment"]["SENTINEL_NAME"] == name
-        assert depends_on(services[name]) == {"redis": "service_healthy"}
+        assert depends_on(services[name]) == {"farm-config": "service_completed_successfully",
+                                              "redis": "service_healthy"}
+        assert any(str(v).startswith("farm-config:") and str(v).endswith(":ro") for v in services[name]["volumes"])
 
 
 def test_declare_web_sentinels_matching_sentinel_services(services: dict[str, Service], tmp_path: Path) -> None:
@@ -311,21 +348,25 @@ def test_declare_web_sentinels_matching_sentinel_services(services: dict[str, Se
     assert services[WEB_SERVICES[0]]["environment"]["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}"
     named = [address.split(":") for address in DOCKER_SENTINELS.split(",")]
     assert [host for host, _ in named] == SENTINELS
-    subprocess.run(["sh", "-c", sentinel_script(services, tmp_path / "sentinel.conf").replace("exec ", "true ")],
+    render_docker(tmp_path / "rendered", DOCKER_INSTANCES, "round_robin")
+    subprocess.run(["sh", "-c", sentinel_script(services, tmp_path / "rendered", tmp_path / "sentinel.conf")
+                    .replace("exec ", "true ")],
                    env={"SENTINEL_NAME": "sentinel1", "PATH": "/usr/bin:/bin"}, check=True, timeout=10)
     assert {port for _, port in named} == set(re.findall(r"^port (\d+)$", (tmp_path / "sentinel.conf").read_text(),
                                                          re.M))
 
 
 def test_write_sentinel_config_once_and_accepted_by_redis(services: dict[str, Service], tmp_path: Path) -> None:
-    """The script keeps the file Sentinel rewrites across restarts, and real Redis accepts what it wrote."""
+    """The script keeps the file Sentinel rewrites across restarts, and real Redis accepts what it copied."""
     conf = tmp_path / "sentinel.conf"
-    script = sentinel_script(services, conf).replace("exec ", "true ")
+    render_docker(tmp_path / "rendered", DOCKER_INSTANCES, "round_robin")
+    script = sentinel_script(services, tmp_path / "rendered", conf).replace("exec ", "true ")
     subprocess.run(["sh", "-c", script], env={"SENTINEL_NAME": "sentinel2", "PATH": "/usr/bin:/bin"}, check=True)
     written = conf.read_text()
     assert "sentinel announce-ip sentinel2\n" in written
     assert "sentinel resolve-hostnames yes\n" in written
     assert "sentinel announce-hostnames yes\n" in written
+    assert f"sentinel monitor {SENTINEL_MASTER} redis 6379 2\n" in written
     conf.write_text(written + "# rewritten by Sentinel\n")
     subprocess.run(["sh", "-c", script], env={"SENTINEL_NAME": "sentinel2", "PATH": "/usr/bin:/bin"}, check=True)
     assert conf.read_text().endswith("# rewritten by Sentinel\n")
@@ -336,22 +377,20 @@ def test_write_sentinel_config_once_and_accepted_by_redis(services: dict[str, Se
     port = free_port_block(2)
     # Here no host is called `redis` (nor listens where it points); the rest is what the container runs.
     conf.write_text(written.replace("port 26379", f"port {port}\nbind 127.0.0.1")
-                    .replace("webfarm redis 6379", f"webfarm 127.0.0.1 {port + 1}"))
+                    .replace(f"{SENTINEL_MASTER} redis 6379", f"{SENTINEL_MASTER} 127.0.0.1 {port + 1}"))
     proc = subprocess.Popen([redis_server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
     try:
-        client = redis.Redis(port=port, decode_responses=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                master = client.sentinel_master("webfarm")
-                break
-            except redis.ConnectionError:
+        with redis.Redis(port=port, decode_responses=True) as client:
+            def master() -> dict[str, Any] | None:
                 assert proc.poll() is None, "redis-server refused the sentinel config"
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        client.close()
-        assert isinstance(master, dict)
-        assert master["down-after-milliseconds"] == 1000
+                try:
+                    return dict(client.sentinel_master(SENTINEL_MASTER))
+                except redis.ConnectionError:
+                    return None
+
+            state = wait_until(master, 10, interval_s=0.05)
+        assert state is not None
+        assert state["down-after-milliseconds"] == 1000
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,0 +1,46 @@
+"""Loopback ports: which are free, and the one layout of a farm's ports in a block."""
+
+import random
+import socket
+from pathlib import Path
+
+from farmctl.runtime import FarmError
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free loopback ports, picked at random so that parallel
+    or leftover runs do not collide - and below the kernel's ephemeral range, where any outgoing
+    connection (to Redis, nginx's to an instance) could take a port between this check and the bind."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(200):
+        base = random.randrange(10000, max(ephemeral_low, 10000 + 2 * count) - count)
+        if all(port_is_free(p) for p in range(base, base + count)):
+            return base
+    raise FarmError(f"no block of {count} free ports on 127.0.0.1")
+
+
+def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel: bool = False) -> dict[str, object]:
+    """The ports of a farm in one free block: the balancer, Redis, HTTPS (if any), the instances
+    (with `spare` ports after them to scale into), then the replica and the three Sentinels (if any).
+    Keys are FarmConfig's field names."""
+    size = 2 + https + instances + spare + 4 * sentinel
+    base = free_port_block(size)
+    ports: dict[str, object] = {"http_port": base, "redis_port": base + 1, "https_port": base + 2 if https else 0,
+                                "base_port": base + 2 + https}
+    if sentinel:
+        replica = base + size - 4
+        ports |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
+    return ports

@@ -1,0 +1,20 @@
+"""The one wait helper: poll a condition until it holds or time runs out."""
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout_s: float, interval_s: float = 0.1) -> T | None:
+    """Call `condition` every `interval_s` until it returns something truthy, and return that;
+    None if it did not within `timeout_s` (the condition is always tried at least once)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval_s)

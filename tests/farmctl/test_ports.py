@@ -1,0 +1,37 @@
+"""Free ports and the one layout of a farm's ports."""
+
+import socket
+
+import pytest
+
+from farmctl.ports import free_layout, free_port_block, port_is_free
+
+
+def test_port_is_free_false_while_something_listens() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        assert not port_is_free(port)
+    assert port_is_free(port)
+
+
+def test_free_port_block_every_port_free_and_below_the_ephemeral_range() -> None:
+    base = free_port_block(8)
+    assert all(port_is_free(p) for p in range(base, base + 8))
+    assert base >= 10000
+
+
+@pytest.mark.parametrize(("https", "spare", "sentinel"), [(True, 0, False), (False, 2, False), (True, 1, True)])
+def test_free_layout_distinct_ports_in_one_block(https: bool, spare: int, sentinel: bool) -> None:
+    ports = free_layout(3, https=https, spare=spare, sentinel=sentinel)
+    assert all(isinstance(v, int | tuple) for v in ports.values())
+    singles = [v for v in ports.values() if isinstance(v, int) and v]
+    base = ports["base_port"]
+    assert isinstance(base, int)
+    sentinels = ports.get("sentinel_ports", ())
+    assert isinstance(sentinels, tuple)
+    taken = [*singles, *range(base + 1, base + 3 + spare), *sentinels]
+    assert len(set(taken)) == len(taken) == 2 + https + 3 + spare + 4 * sentinel
+    assert max(taken) - min(taken) == len(taken) - 1  # one block: nothing else lands in between
+    assert (ports["https_port"] != 0) is https
