@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+K8S_VENV := .venv-k8s
 export N RUNTIME HTTP_PORT BASE_PORT REDIS_PORT SESSION_BACKEND BALANCE DEMO_CONTROLS
 export REDIS REPLICA_PORT SENTINEL_PORTS
 export USERS DURATION KILL_EVERY CHAOS
@@ -18,6 +19,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.lock
+	@touch $@
+
+# The Kubernetes validation tools, apart from .venv: checkov pins versions older than requirements.lock's.
+$(K8S_VENV)/.installed: k8s/requirements.lock
+	$(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/pip install --quiet -r k8s/requirements.lock
 	@touch $@
 
 prereqs:
@@ -49,7 +56,7 @@ lint: $(VENV)/.installed ## ruff and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: ## install what is missing, lint, then every test against real farms
+test: $(K8S_VENV)/.installed ## install what is missing, lint, then every test against real farms
 	@farmctl/prereqs.sh nginx redis-server chromium wrk
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
@@ -65,6 +72,11 @@ bench: $(VENV)/.installed ## wrk: balancer, session layer, Redis vs in-proc, sca
 	@farmctl/prereqs.sh nginx redis-server wrk
 	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(N),--instances $(N))
+
+.PHONY: manifests
+manifests: $(VENV)/.installed ## re-render k8s/base/nginx.conf from nginx/nginx.conf.j2
+	$(PY) -c 'from farmctl.render import render_nginx_kubernetes as r; print(r(), end="")' > k8s/base/nginx.conf.tmp
+	mv k8s/base/nginx.conf.tmp k8s/base/nginx.conf
 
 clean: down ## stop the farm and delete its state and reports
 	rm -rf .farm reports

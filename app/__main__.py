@@ -4,7 +4,6 @@ supervisord (native), the Docker image's CMD and the bench's peer apps all start
 this, so the server's behaviour (keep-alive, shutdown, headers) is written down once."""
 
 import argparse
-import os
 
 import uvicorn
 
@@ -21,8 +20,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--factory", default=DEFAULT_FACTORY, help="module:function returning the ASGI app")
-    parser.add_argument("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
-                        help="who may set X-Forwarded-For/-Proto: the balancer's address only")
     return parser.parse_args(argv)
 
 
@@ -31,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     uvicorn.run(args.factory, factory=True, host=args.host, port=args.port,
                 timeout_keep_alive=KEEPALIVE_S, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                 server_header=False, access_log=False,
-                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+                # Forwarded headers are trusted by the proxy secret, not by address (app.middleware).
+                proxy_headers=False)
 
 
 if __name__ == "__main__":

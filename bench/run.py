@@ -14,7 +14,7 @@ import httpx
 
 from bench.cpu import CpuUse, children, cpu_use, snapshot
 from bench.wrk import WrkResult, run_wrk
-from farmctl.config import PROJECT_ROOT, PROXY_SOURCE, FarmConfig
+from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
 from farmctl.native import NativeFarm
 from farmctl.ports import free_port_block
@@ -105,8 +105,7 @@ def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iter
     log = log_dir / f"{name}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
-             "--forwarded-allow-ips", PROXY_SOURCE],
+            [sys.executable, "-m", "app", "--factory", factory, "--host", "127.0.0.1", "--port", str(port)],
             cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"},
             stdout=out, stderr=subprocess.STDOUT,
         )

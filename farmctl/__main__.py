@@ -6,14 +6,16 @@ import sys
 from pathlib import Path
 
 from farmctl.config import FarmConfig
-from farmctl.render import DOCKER_SENTINEL_NAMES, render_nginx_docker, render_sentinel_docker
+from farmctl.render import DOCKER_SENTINEL_NAMES, PROXY_SECRET_CONF, render_nginx_docker, render_sentinel_docker
 from farmctl.runtime import FarmError, as_rows
+from farmctl.secret import proxy_secret_conf
 
 
-def render_docker(out: Path, instances: int, balance: str) -> None:
-    """Write nginx.conf and one sentinelN.conf per Sentinel service into `out` (compose's config volume);
-    each file appears whole (write, then rename) so nothing ever reads half of one."""
-    files = {"nginx.conf": render_nginx_docker(instances, balance)}
+def render_docker(out: Path, instances: int, balance: str, proxy_secret: str) -> None:
+    """Write nginx.conf, its proxy-secret include and one sentinelN.conf per Sentinel service into
+    `out` (compose's config volume); each file appears whole (write, then rename) so nothing ever
+    reads half of one."""
+    files = {"nginx.conf": render_nginx_docker(instances, balance), PROXY_SECRET_CONF: proxy_secret_conf(proxy_secret)}
     files |= {f"{name}.conf": render_sentinel_docker(name) for name in DOCKER_SENTINEL_NAMES}
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "render-docker":
-        render_docker(args.out, args.instances, args.balance)
+        render_docker(args.out, args.instances, args.balance, os.environ.get("PROXY_SECRET", ""))
         return 0
     # Imported here: the Docker image renders its configs above, and has no supervisor nor psutil.
     from farmctl.lifecycle import open_farm

@@ -15,8 +15,6 @@ from farmctl.ports import free_layout
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-#: nginx connects to the instances from this loopback address; only it may set X-Forwarded-*.
-PROXY_SOURCE = "127.0.0.2"
 #: uvicorn keeps idle connections longer than nginx does (see nginx/nginx.conf.j2).
 APP_KEEPALIVE_S = KEEPALIVE_S
 NGINX_KEEPALIVE_S = 60

@@ -13,7 +13,7 @@ import httpx
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.render import DOCKER_INSTANCES, DOCKER_SENTINEL_NAMES, DOCKER_SENTINEL_PORT
 from farmctl.runtime import FarmError, ProcessStatus
-from farmctl.secret import csrf_secret
+from farmctl.secret import csrf_secret, proxy_secret
 from farmctl.wait import wait_until
 
 #: What the web services get as REDIS_SENTINELS with REDIS=sentinel: the Sentinel services of compose.yaml.
@@ -44,6 +44,8 @@ class DockerFarm:
         env.setdefault("ENVIRONMENT", "demo")
         if not env.get("CSRF_SECRET"):
             env["CSRF_SECRET"] = csrf_secret(self.config.state_dir)
+        if not env.get("PROXY_SECRET"):
+            env["PROXY_SECRET"] = proxy_secret(self.config.state_dir)
         if self.config.sentinel:
             env["REDIS_SENTINELS"] = DOCKER_SENTINELS
         return env

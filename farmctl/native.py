@@ -16,8 +16,15 @@ from farmctl import redis_ha
 from farmctl.config import FarmConfig
 from farmctl.ports import port_is_free
 from farmctl.redis_node import started_marker
-from farmctl.render import render_nginx_native, render_sentinel, render_supervisord, require_binary
+from farmctl.render import (
+    proxy_secret_path,
+    render_nginx_native,
+    render_sentinel,
+    render_supervisord,
+    require_binary,
+)
 from farmctl.runtime import FarmError, ProcessStatus
+from farmctl.secret import proxy_secret, proxy_secret_conf
 from farmctl.supervisor import Supervisor
 from farmctl.tls import ensure_certificate
 from farmctl.wait import wait_until
@@ -56,6 +63,9 @@ class NativeFarm:
                 f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server"
             ) from None
         (self.state_dir / "supervisord.conf").write_text(supervisord_conf)
+        secret_conf = proxy_secret_path(self.state_dir)
+        secret_conf.touch(0o600)
+        secret_conf.write_text(proxy_secret_conf(proxy_secret(self.state_dir)))
         (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config))
         check = subprocess.run(
             [require_binary("nginx"), "-t", "-q", "-p", f"{self.state_dir}/nginx",

@@ -12,16 +12,18 @@ from farmctl.config import (
     APP_KEEPALIVE_S,
     NGINX_KEEPALIVE_S,
     PROJECT_ROOT,
-    PROXY_SOURCE,
     SENTINEL_MASTER,
     FarmConfig,
     Instance,
 )
-from farmctl.secret import csrf_secret
+from farmctl.secret import csrf_secret, proxy_secret
 from farmctl.tls import certificate_paths
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
 DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
+#: Where compose.yaml's farm-config service writes what it renders, as nginx and the Sentinels mount it.
+DOCKER_CONFIG_DIR = "/etc/webfarm"
+PROXY_SECRET_CONF = "proxy-secret.conf"  # noqa: S105 - a file name
 #: The Sentinel services of compose.yaml (profile `sentinel`), each on Sentinel's default port.
 DOCKER_SENTINEL_NAMES = ("sentinel1", "sentinel2", "sentinel3")
 DOCKER_SENTINEL_PORT = 26379
@@ -53,7 +55,7 @@ def render_nginx_native(config: FarmConfig, draining: Collection[str] = ()) -> s
         https_port=config.https_port,
         tls_cert=certificate_paths(config.state_dir)[0],
         tls_key=certificate_paths(config.state_dir)[1],
-        proxy_source=PROXY_SOURCE,
+        proxy_secret_conf=proxy_secret_path(config.state_dir),
         state_dir=config.state_dir,
         static_dir=PROJECT_ROOT / "app" / "static",
         # nginx started by root drops its workers to `nobody`, who cannot read a private state dir.
@@ -73,15 +75,22 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
         http_port=8080,
         https_port=None,
         static_dir="/srv/static",
+        proxy_secret_conf=f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}",
         **_nginx_common(),
     )
 
 
+def proxy_secret_path(state_dir: Path) -> Path:
+    """Where the native nginx finds the directive that adds the proxy secret (farmctl.secret)."""
+    return state_dir / "nginx" / PROXY_SECRET_CONF
+
+
 def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]]:
-    """The environment of one native instance: a demo, with the farm's own CSRF secret."""
+    """The environment of one native instance: a demo, with the farm's own CSRF and proxy secrets."""
     yield "INSTANCE_NAME", inst.name
     yield "ENVIRONMENT", "demo"
     yield "CSRF_SECRET", csrf_secret(config.state_dir)
+    yield "PROXY_SECRET", proxy_secret(config.state_dir)
     yield "REDIS_URL", config.redis_url
     if config.sentinel:
         yield "REDIS_SENTINELS", config.sentinel_addresses
@@ -111,7 +120,6 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         redis_nodes=config.redis_nodes,
         sentinels=config.sentinels,
         instances=config.web,
-        proxy_source=PROXY_SOURCE,
         env=lambda inst: instance_env(config, inst),
     )
 
@@ -160,5 +168,7 @@ def render_nginx_kubernetes(namespace: str = "webfarm", service: str = "web", po
         http_port=8080,
         https_port=None,
         static_dir="/srv/static",
+        # Written at the pod's start from the Secret `webfarm` (k8s/base/balancer.yaml).
+        proxy_secret_conf=f"/etc/nginx/secret/{PROXY_SECRET_CONF}",
         **_nginx_common(),
     )

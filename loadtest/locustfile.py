@@ -7,13 +7,14 @@ import logging
 import os
 import random
 import secrets
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from locust import HttpUser, between, events, task
-from locust.clients import ResponseContextManager
+from locust.clients import LocustHttpAdapter, ResponseContextManager
 from locust.env import Environment
 
 from farmctl.config import CONFIG_VARIABLE, FarmConfig
@@ -30,6 +31,23 @@ chaos: Chaos | None = None
 log = logging.getLogger("loadtest")
 
 
+class FromOwnAddress(LocustHttpAdapter):
+    """Connect from a loopback address of one's own. All of 127/8 is loopback on Linux, so each
+    simulated user can come from its own address, as real users do: the per-address limits
+    (registrations, login spraying) then see users, not one load generator."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__(pool_manager=None)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs, source_address=(self.address, 0))
+
+
+def own_address() -> str:
+    return f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+
+
 class FarmUser(HttpUser):
     """Registers, signs in, then reads who it is, reads and fills its cart, and views pages."""
 
@@ -37,6 +55,8 @@ class FarmUser(HttpUser):
     signed_in = False
 
     def on_start(self) -> None:
+        if sys.platform == "linux":
+            self.client.mount("http://", FromOwnAddress(own_address()))
         self.username = f"lt{secrets.token_hex(6)}"
         self.cart = CartBook()
         self.client.post("/api/register", json={"username": self.username, "password": PASSWORD},

@@ -58,8 +58,10 @@ def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFacto
     `spare` free ports after the instances' leave room to scale up to instances + spare."""
     with ExitStack() as stack:
         def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
+            # The tests register hundreds of users from 127.0.0.1; the tests of the limit set their own.
+            extra_env = {"REGISTER_MAX_PER_ADDRESS": "100000", **options.pop("extra_env", {})}  # type: ignore[dict-item]
             config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
-                                **options)  # type: ignore[arg-type]
+                                extra_env=extra_env, **options)  # type: ignore[arg-type]
             return stack.enter_context(running_farm(config.on_free_ports(spare), "native", start=start))
 
         yield start

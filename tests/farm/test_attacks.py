@@ -37,8 +37,9 @@ def register(client: httpx.Client, username: str, password: str = PASSWORD) -> N
     assert client.post("/api/register", json={"username": username, "password": password}).status_code == 201
 
 
-def login(client: httpx.Client, username: str, password: str = PASSWORD) -> httpx.Response:
-    return client.post("/api/login", json={"username": username, "password": password})
+def login(client: httpx.Client, username: str, password: str = PASSWORD,
+          headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.post("/api/login", json={"username": username, "password": password}, headers=headers)
 
 
 def test_concurrent_guesses_evaluate_at_most_the_limit_even_with_the_right_password_among_them(
@@ -221,3 +222,24 @@ def test_writes_during_a_redis_stall_apply_exactly_once(farm: NativeFarm) -> Non
     assert statuses[503] > 0  # the stall was real: requests timed out and were repeated
     with httpx.Client(base_url=base, cookies={"webfarm_session": cookie}) as client:
         assert client.get("/api/cart").json() == {"items": {"sku0": 10, "sku1": 10, "sku2": 10}}
+
+
+FORGED = {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
+
+
+def test_a_local_process_cannot_pass_as_the_balancer(farm: NativeFarm) -> None:
+    """Straight to an instance, from 127.0.0.2 (where nginx once connected from): the forwarded
+    headers are ignored - no Secure cookie over plain HTTP, and the throttle counts the real address."""
+    web1, username = farm.config.web[0], new_username()
+    with client_from(web1.url, "127.0.0.2") as local:
+        cookie = login(local, "demo", "demo-password", headers=FORGED).headers["set-cookie"]
+        assert cookie.startswith("webfarm_session=")
+        assert "secure" not in cookie.lower()
+        register(local, username)
+        answers = [login(local, username, "wrong-password", headers={**FORGED, "x-forwarded-for": f"198.51.100.{i}"})
+                   .status_code for i in range(6)]
+        assert answers == [401] * 5 + [429]  # one address, however many it claimed to be
+        # The farm's own secret is what vouches for the balancer (the mechanism, shown working).
+        secret = (farm.config.state_dir / "proxy_secret").read_text()
+        vouched = login(local, "demo", "demo-password", headers={**FORGED, "x-webfarm-proxy": secret})
+        assert vouched.headers["set-cookie"].startswith("__Host-webfarm_session=")

@@ -311,9 +311,21 @@ def test_render_docker_configs_without_supervisor_or_psutil(tmp_path: Path) -> N
                "from farmctl.__main__ import main\n"
                f"sys.exit(main(['render-docker', '--out', {str(tmp_path)!r}]))\n")
     done = subprocess.run([sys.executable, "-c", blocker], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          check=False)
+                          check=False, env={**os.environ, "PROXY_SECRET": "s3cret-for-the-test"})
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nginx.conf", *(f"{s}.conf" for s in SENTINELS)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nginx.conf", "proxy-secret.conf",
+                                                          *(f"{s}.conf" for s in SENTINELS)]
+    assert (tmp_path / "proxy-secret.conf").read_text() == 'proxy_set_header X-Webfarm-Proxy "s3cret-for-the-test";\n'
+    assert "s3cret" not in (tmp_path / "nginx.conf").read_text()
+
+
+def test_render_docker_refuses_a_missing_proxy_secret(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "farmctl", "render-docker", "--out", str(tmp_path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, check=False,
+                          env={k: v for k, v in os.environ.items() if k != "PROXY_SECRET"})
+    assert done.returncode != 0
+    assert "proxy secret" in done.stderr
+    assert not (tmp_path / "nginx.conf").exists()
 
 
 SENTINELS = ["sentinel1", "sentinel2", "sentinel3"]
@@ -348,7 +360,7 @@ def test_declare_web_sentinels_matching_sentinel_services(services: dict[str, Se
     assert services[WEB_SERVICES[0]]["environment"]["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}"
     named = [address.split(":") for address in DOCKER_SENTINELS.split(",")]
     assert [host for host, _ in named] == SENTINELS
-    render_docker(tmp_path / "rendered", DOCKER_INSTANCES, "round_robin")
+    render_docker(tmp_path / "rendered", DOCKER_INSTANCES, "round_robin", "test-proxy-secret")
     subprocess.run(["sh", "-c", sentinel_script(services, tmp_path / "rendered", tmp_path / "sentinel.conf")
                     .replace("exec ", "true ")],
                    env={"SENTINEL_NAME": "sentinel1", "PATH": "/usr/bin:/bin"}, check=True, timeout=10)
@@ -359,7 +371,7 @@ def test_declare_web_sentinels_matching_sentinel_services(services: dict[str, Se
 def test_write_sentinel_config_once_and_accepted_by_redis(services: dict[str, Service], tmp_path: Path) -> None:
     """The script keeps the file Sentinel rewrites across restarts, and real Redis accepts what it copied."""
     conf = tmp_path / "sentinel.conf"
-    render_docker(tmp_path / "rendered", DOCKER_INSTANCES, "round_robin")
+    render_docker(tmp_path / "rendered", DOCKER_INSTANCES, "round_robin", "test-proxy-secret")
     script = sentinel_script(services, tmp_path / "rendered", conf).replace("exec ", "true ")
     subprocess.run(["sh", "-c", script], env={"SENTINEL_NAME": "sentinel2", "PATH": "/usr/bin:/bin"}, check=True)
     written = conf.read_text()

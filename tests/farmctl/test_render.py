@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from farmctl.config import APP_KEEPALIVE_S, FarmConfig
-from farmctl.render import render_nginx_native, require_binary
+from farmctl.render import proxy_secret_path, render_nginx_native, require_binary
+from farmctl.secret import proxy_secret_conf
 from farmctl.tls import ensure_certificate
 
 pytestmark = pytest.mark.parametrize("balance", ["round_robin", "sticky"])
@@ -39,6 +40,7 @@ def nginx_test(text: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
         pytest.skip("nginx is not installed (make test installs it)")
     (state_dir / "logs").mkdir(exist_ok=True)
     (state_dir / "nginx").mkdir(exist_ok=True)
+    proxy_secret_path(state_dir).write_text(proxy_secret_conf("test-secret"))
     conf = state_dir / "nginx.conf"
     conf.write_text(text)
     return subprocess.run([nginx, "-t", "-p", f"{state_dir}/nginx", "-c", str(conf)],
@@ -121,10 +123,12 @@ def test_render_https_server_with_hsts_only_there(rendered: str, config: FarmCon
     assert f"ssl_certificate {config.state_dir}/tls/cert.pem;" in https
 
 
-def test_render_forwarded_for_replaced_and_sent_from_the_trusted_address(rendered: str) -> None:
+def test_render_forwarded_for_replaced_and_vouched_for_by_the_proxy_secret(rendered: str,
+                                                                        config: FarmConfig) -> None:
     assert "$proxy_add_x_forwarded_for" not in rendered
     assert re.search(r"^\s*proxy_set_header X-Forwarded-For \$remote_addr;", rendered, re.M)
-    assert re.search(r"^\s*proxy_bind 127\.0\.0\.2;", rendered, re.M)
+    assert re.search(rf"^\s*include {proxy_secret_path(config.state_dir)};", rendered, re.M)
+    assert "X-Webfarm-Proxy" not in rendered  # the secret itself lives in the included file only
 
 
 def test_render_version_hidden_and_request_id_passed(rendered: str) -> None:

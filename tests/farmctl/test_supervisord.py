@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farmctl.config import PROXY_SOURCE, FarmConfig
+from farmctl.config import FarmConfig
 from farmctl.native import NativeFarm
 from farmctl.render import render_sentinel, render_supervisord
 from farmctl.secret import csrf_secret
@@ -57,11 +57,11 @@ def test_render_instances_through_python_m_app_as_a_demo_with_the_farm_secret(tm
     config = FarmConfig(instances=2, state_dir=tmp_path)
     rendered = programs(config)
     argv = rendered["web2"]["command"].split()
-    assert argv == ["/venv/bin/python", "-m", "app", "--host", "127.0.0.1", "--port", str(config.web[1].port),
-                    "--forwarded-allow-ips", PROXY_SOURCE]
+    assert argv == ["/venv/bin/python", "-m", "app", "--host", "127.0.0.1", "--port", str(config.web[1].port)]
     secret = (tmp_path / "csrf_secret").read_text()
     assert len(secret) >= 32
     assert f'CSRF_SECRET="{secret}"' in rendered["web1"]["environment"]
+    assert f'PROXY_SECRET="{(tmp_path / "proxy_secret").read_text()}"' in rendered["web1"]["environment"]
     assert 'ENVIRONMENT="demo"' in rendered["web1"]["environment"]
     assert programs(config)["web1"]["environment"] == rendered["web1"]["environment"]  # made once, then kept
     assert csrf_secret(tmp_path / "other") != secret

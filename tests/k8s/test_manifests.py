@@ -247,6 +247,22 @@ def test_csrf_secret_comes_from_the_user_s_secret(objects: list[Obj], workloads:
     assert "webfarm-demo-only-change-me" not in rendered.read_text()
 
 
+def test_proxy_secret_reaches_the_web_pods_and_nginx_from_the_user_s_secret(workloads: dict[str, Obj],
+                                                                            rendered: Path) -> None:
+    env = {e["name"]: e for e in next(containers(workloads["web"], init=False))["env"]}
+    assert env["PROXY_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": "webfarm", "key": "PROXY_SECRET"}}
+    assert "FORWARDED_ALLOW_IPS" not in rendered.read_text()  # trust by secret, not by address
+    balancer = workloads["balancer"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in balancer["volumes"]}
+    assert volumes["webfarm-secret"]["secret"]["secretName"] == "webfarm"
+    writer = next(c for c in balancer["initContainers"] if c["name"] == "proxy-secret")
+    assert "/etc/nginx/secret/proxy-secret.conf" in writer["command"][-1]
+    nginx_conf = (K8S_DIR / "base" / "nginx.conf").read_text()
+    assert "include /etc/nginx/secret/proxy-secret.conf;" in nginx_conf
+    nginx = next(c for c in balancer["containers"] if c["name"] == "nginx")
+    assert {m["mountPath"] for m in nginx["volumeMounts"]} >= {"/etc/nginx/secret"}
+
+
 def test_web_settings_follow_the_app_s_production_contract(objects: list[Obj], workloads: dict[str, Obj]) -> None:
     web = next(containers(workloads["web"], init=False))
     settings = config_map(objects, "webfarm")
