@@ -150,8 +150,8 @@ def test_an_8kb_cookie_is_a_json_431_from_the_balancer(farm: NativeFarm) -> None
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("POST", "/static/style.css", 405), ("GET", "/static/no-such-file.css", 404), ("GET", "/_webfarm/uri-too-long", 404),
-    ("GET", "/" + "a" * 10_000, 414), ("GET", "/api/me?" + "q" * 9000, 414)])
+    ("POST", "/static/style.css", 405), ("GET", "/static/no-such-file.css", 404),
+    ("GET", "/_webfarm/uri-too-long", 404), ("GET", "/" + "a" * 10_000, 414), ("GET", "/api/me?" + "q" * 9000, 414)])
 def test_errors_nginx_answers_itself_are_json_too(farm: NativeFarm, method: str, path: str, status: int) -> None:
     response = httpx.request(method, f"{farm.config.balancer_url}{path}")
     assert response.status_code == status
