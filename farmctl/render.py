@@ -64,20 +64,20 @@ def render_nginx_native(config: FarmConfig, draining: Collection[str] = ()) -> s
     )
 
 
+def _render_nginx_in_a_container(runtime: str, instances: list[Instance], balance: str, proxy_secret_conf: str,
+                                 **values: object) -> str:
+    """What the Docker and Kubernetes configs share: port 8080 on every interface, HTTP only (TLS
+    terminates in front), static files from /srv/static."""
+    return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
+        runtime=runtime, instances=instances, draining=set(), balance=balance, listen_host="0.0.0.0",
+        http_port=8080, https_port=None, static_dir="/srv/static", proxy_secret_conf=proxy_secret_conf,
+        **values, **_nginx_common(),
+    )
+
+
 def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin") -> str:
     web = [Instance(f"web{i}", f"web{i}", 8000) for i in range(1, instances + 1)]
-    return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
-        runtime="docker",
-        instances=web,
-        draining=set(),
-        balance=balance,
-        listen_host="0.0.0.0",
-        http_port=8080,
-        https_port=None,
-        static_dir="/srv/static",
-        proxy_secret_conf=f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}",
-        **_nginx_common(),
-    )
+    return _render_nginx_in_a_container("docker", web, balance, f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}")
 
 
 def proxy_secret_path(state_dir: Path) -> Path:
@@ -158,17 +158,6 @@ def render_nginx_kubernetes(namespace: str = "webfarm", service: str = "web", po
     pods' headless Service, which nginx re-resolves through the cluster DNS, so pods join and leave
     the rotation with their readiness. Unprivileged: port 8080, pid and temp files under /tmp."""
     web = [Instance(service, f"{service}.{namespace}.svc.{cluster_domain}", port)]
-    return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
-        runtime="kubernetes",
-        instances=web,
-        draining=set(),
-        balance="round_robin",
-        resolver=resolver,
-        listen_host="0.0.0.0",
-        http_port=8080,
-        https_port=None,
-        static_dir="/srv/static",
-        # Written at the pod's start from the Secret `webfarm` (k8s/base/balancer.yaml).
-        proxy_secret_conf=f"/etc/nginx/secret/{PROXY_SECRET_CONF}",
-        **_nginx_common(),
-    )
+    # The proxy secret's include is written at the pod's start from the Secret (k8s/base/balancer.yaml).
+    return _render_nginx_in_a_container("kubernetes", web, "round_robin", f"/etc/nginx/secret/{PROXY_SECRET_CONF}",
+                                        resolver=resolver)

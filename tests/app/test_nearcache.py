@@ -13,13 +13,6 @@ from app.sessions import Limits, NearCache, RedisSessionStore, SessionKey
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect_redis(Settings(redis_url=redis_url))
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def redis_no_retry(redis_url: str) -> AsyncIterator[Redis]:
     client = connect_redis(Settings(redis_url=redis_url), retries=0)
     yield client

@@ -4,13 +4,10 @@ one as the anti-pattern it is."""
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from app.config import Settings
-from app.redis_client import connect_redis
 from app.sessions import (
     CartAdd,
     CartFull,
@@ -22,13 +19,6 @@ from app.sessions import (
     SessionKey,
     SessionStore,
 )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect_redis(Settings(redis_url=redis_url))
-    yield client
-    await client.aclose()
 
 
 def redis_store(redis: Redis, idle: int = 60, absolute: int = 3600, **limits: int) -> RedisSessionStore:

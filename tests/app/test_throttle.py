@@ -2,21 +2,11 @@
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from app.config import Settings
-from app.redis_client import connect_redis
 from app.throttle import LoginThrottle
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect_redis(Settings(redis_url=redis_url))
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
