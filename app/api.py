@@ -6,7 +6,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from app.auth import client_address
 from app.deps import (
     AuthDep,
     CurrentIdentity,
@@ -16,7 +15,6 @@ from app.deps import (
     PresenceDep,
     SettingsDep,
     StoreDep,
-    ThrottleDep,
     UsersDep,
     required,
     same_origin,
@@ -55,16 +53,9 @@ async def readyz(request: Request, settings: SettingsDep) -> Health:
 
 @state_changing.post("/api/register", status_code=201, response_model=UserOut, tags=["auth"],
                      responses={409: {"model": Detail, "description": "Username taken"}, **THROTTLED, **STORE_DOWN})
-async def register(body: Credentials, request: Request, users: UsersDep, throttle: ThrottleDep,
-                   request_id: IdempotencyKey) -> UserOut:
-    """Create an account. Limited per client address (taken names count too), so that probing
-    which names exist is as slow as guessing passwords."""
-    verdict = await throttle.register(client_address(request))
-    if not verdict.allowed:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many registrations, try again later",
-                            headers={"Retry-After": str(verdict.retry_after_s)})
-    if not await users.create(body.username, body.password, request_id):
-        raise HTTPException(status.HTTP_409_CONFLICT, "username already taken")
+async def register(body: Credentials, request: Request, auth: AuthDep, request_id: IdempotencyKey) -> UserOut:
+    """Create an account (limited per client address, see Auth.register)."""
+    await auth.register(request, body.username, body.password, request_id)
     return UserOut(username=body.username)
 
 

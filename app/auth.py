@@ -16,12 +16,12 @@ WRONG_CREDENTIALS = "wrong username or password"
 
 
 def is_https(request: Request) -> bool:
-    """Whether cookies go out Secure: the scheme as the balancer saw it (see app.proxy)."""
+    """Whether cookies go out Secure: the scheme as the balancer saw it (see app.middleware)."""
     return request.url.scheme == "https"
 
 
 def client_address(request: Request) -> str:
-    """The client's IP: from X-Forwarded-For only when the balancer sent the request (app.proxy)."""
+    """The client's IP: from X-Forwarded-For only when the balancer sent the request (app.middleware)."""
     return request.client.host if request.client else "unknown"
 
 
@@ -42,6 +42,16 @@ class Auth:
     def session_key(self, request: Request) -> SessionKey | None:
         """The cookie, parsed once: None when absent or not even shaped like one of ours."""
         return SessionKey.parse(request.cookies.get(self.cookie_name(request), ""))
+
+    async def register(self, request: Request, username: str, password: str, request_id: str) -> None:
+        """Create an account: 429 past the per-address limit, 409 when the name is taken. Taken names
+        count against the limit too, so probing which names exist is as slow as guessing passwords."""
+        verdict = await self.throttle.register(client_address(request))
+        if not verdict.allowed:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many registrations, try again later",
+                                headers={"Retry-After": str(verdict.retry_after_s)})
+        if not await self.users.create(username, password, request_id):
+            raise HTTPException(status.HTTP_409_CONFLICT, "username already taken")
 
     async def check_password(self, request: Request, username: str, password: str) -> int:
         """429 while the throttle says no, 401 when wrong; returns the user's epoch as it was

@@ -14,10 +14,10 @@ from app.presence import Presence
 PROXY_HEADER = b"x-webfarm-proxy"
 
 
-async def send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

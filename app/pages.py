@@ -15,15 +15,12 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from app import csrf
-from app.auth import client_address
 from app.deps import (
     AuthDep,
     MaybeKey,
     MaybeSession,
     SettingsDep,
     StoreDep,
-    ThrottleDep,
-    UsersDep,
     request_id,
     same_origin,
 )
@@ -109,20 +106,17 @@ async def login_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token:
 
 
 @forms.post("/register")
-async def register_form(request: Request, key: MaybeKey, auth: AuthDep, users: UsersDep, throttle: ThrottleDep,
-                        csrf_token: CsrfField, username: Username = "", password: Password = "") -> Response:
+async def register_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
+                        username: Username = "", password: Password = "") -> Response:
     require_csrf(request, key, csrf_token)
     creds = credentials_form(request, key, "register", username, password)
     if isinstance(creds, HTMLResponse):
         return creds
-    verdict = await throttle.register(client_address(request))
-    if not verdict.allowed:
-        return render(request, "login.html", key, status.HTTP_429_TOO_MANY_REQUESTS, mode="register",
-                      username=creds.username, errors={"username": "too many registrations, try again later"},
-                      headers={"Retry-After": str(verdict.retry_after_s)})
-    if not await users.create(creds.username, creds.password):
-        return render(request, "login.html", key, status.HTTP_409_CONFLICT, mode="register",
-                      username=creds.username, errors={"username": "this name is taken"})
+    try:
+        await auth.register(request, creds.username, creds.password, request_id())
+    except HTTPException as refused:
+        return render(request, "login.html", key, refused.status_code, mode="register", username=creds.username,
+                      errors={"username": refused.detail}, headers=refused.headers)
     response = RedirectResponse("/dashboard", status.HTTP_303_SEE_OTHER)
     await auth.start_session(request, response, creds.username, await auth.store.epoch(creds.username))
     return response
@@ -134,6 +128,7 @@ async def dashboard(request: Request, key: MaybeKey, session: MaybeSession, sett
         return RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     crashed = request.query_params.get("crashed", "")
     return render(request, "dashboard.html", key, session=session, demo_controls=settings.demo_controls,
+                  cart_max_items=settings.cart_max_items, cart_max_qty=settings.cart_max_qty,
                   error=request.query_params.get("error"),
                   crashed=crashed if INSTANCE_NAME_RE.fullmatch(crashed) else None)
 

@@ -100,9 +100,8 @@ def sessions_survive(base: str, cookies: list[str]) -> list[str]:
     return alive
 
 
-def logins_during(base: str, username: str, address: str, end: Callable[[], httpx.Response],
-                  threads: int = 3) -> list[str]:
-    """Log in as `username` over and over from `threads` clients while `end` (a sign-out or a password
+def logins_during(base: str, username: str, address: str, end: Callable[[], httpx.Response]) -> list[str]:
+    """Log in as `username` over and over from three clients while `end` (a sign-out or a password
     change) runs; returns the cookies of the logins that STARTED before `end` answered and got a 200."""
     started_before_end: list[str] = []
     stop = threading.Event()
@@ -116,8 +115,8 @@ def logins_during(base: str, username: str, address: str, end: Callable[[], http
                 if response.status_code == 200 and started < ended_at[0]:
                     started_before_end.append(response.cookies["webfarm_session"])
 
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(threads):
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
             pool.submit(keep_logging_in)
         time.sleep(0.15)
         assert end().status_code in (200, 204)
