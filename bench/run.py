@@ -19,7 +19,7 @@ from farmctl.lifecycle import open_farm, running_farm
 from farmctl.native import NativeFarm
 from farmctl.ports import free_port_block
 from farmctl.runtime import FarmError
-from farmctl.wait import wait_until
+from farmctl.wait import answers, wait_until
 
 DEMO_CREDENTIALS = {"username": "demo", "password": "demo-password"}
 #: name -> uvicorn factory of the peer apps in bench/peers.py
@@ -111,7 +111,7 @@ def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iter
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        if not wait_until(lambda: proc.poll() is not None or _answers(f"{url}/healthz"), 30) \
+        if not wait_until(lambda: proc.poll() is not None or answers(f"{url}/healthz"), 30) \
                 or proc.poll() is not None:
             raise BenchError(f"peer {name} did not start:\n{log.read_text()[-2000:]}")
         yield url, proc.pid
@@ -123,12 +123,6 @@ def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iter
             proc.kill()
             proc.wait()
 
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def login(base_url: str, timeout_s: float = 30) -> str:

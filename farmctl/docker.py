@@ -8,13 +8,11 @@ import os
 import subprocess
 import time
 
-import httpx
-
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.render import DOCKER_INSTANCES, DOCKER_SENTINEL_NAMES, DOCKER_SENTINEL_PORT
 from farmctl.runtime import FarmError, ProcessStatus
 from farmctl.secret import csrf_secret, proxy_secret
-from farmctl.wait import wait_until
+from farmctl.wait import answers, wait_until
 
 #: What the web services get as REDIS_SENTINELS with REDIS=sentinel: the Sentinel services of compose.yaml.
 DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
@@ -113,13 +111,7 @@ class DockerFarm:
         return any(json.loads(line).get("Health") == "healthy" for line in out.splitlines() if line.strip())
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.config.balancer_url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        if not wait_until(ready, timeout_s, interval_s=0.5):
+        if not wait_until(lambda: answers(f"{self.config.balancer_url}/readyz"), timeout_s, interval_s=0.5):
             raise FarmError(f"the balancer did not answer within {timeout_s:.0f} s: docker compose logs")
 
     def log_path(self, name: str) -> str:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-import httpx
 import psutil
 
 from farmctl import redis_ha
@@ -27,7 +26,7 @@ from farmctl.runtime import FarmError, ProcessStatus
 from farmctl.secret import proxy_secret, proxy_secret_conf
 from farmctl.supervisor import Supervisor
 from farmctl.tls import ensure_certificate
-from farmctl.wait import wait_until
+from farmctl.wait import answers, wait_until
 
 
 class NativeFarm:
@@ -236,14 +235,14 @@ class NativeFarm:
 
     def is_serving(self, name: str) -> bool:
         inst = next(i for i in self.config.web if i.name == name)
-        return _answers(f"{inst.url}/healthz", 1)
+        return answers(f"{inst.url}/healthz", 1)
 
     def unhealthy(self) -> list[str]:
         """Names of the parts that do not answer yet (empty when the farm is healthy)."""
         bad = [i.name for i in self.config.web if not self.is_serving(i.name)]
-        if not _answers(f"{self.config.balancer_url}/healthz", 1):
+        if not answers(f"{self.config.balancer_url}/healthz", 1):
             bad.append("nginx")
-        if not _answers(f"{self.config.web[0].url}/readyz", 2):
+        if not answers(f"{self.config.web[0].url}/readyz", 2):
             bad.append("redis")
         elif self.config.sentinel and not redis_ha.failover_ready(self.config):
             bad.extend(["redis-replica", *self.config.sentinels])
@@ -267,9 +266,3 @@ class NativeFarm:
         except OSError:
             return "(no log)"
 
-
-def _answers(url: str, timeout_s: float) -> bool:
-    try:
-        return httpx.get(url, timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -1,8 +1,11 @@
-"""The one wait helper: poll a condition until it holds or time runs out."""
+"""The one wait helper: poll a condition until it holds or time runs out; and the one HTTP probe
+such conditions are made of."""
 
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import httpx
 
 T = TypeVar("T")
 
@@ -18,3 +21,11 @@ def wait_until(condition: Callable[[], T], timeout_s: float, interval_s: float =
         if time.monotonic() >= deadline:
             return None
         time.sleep(interval_s)
+
+
+def answers(url: str, timeout_s: float = 1.0) -> bool:
+    """GET `url` answers 200 within `timeout_s` (a refused connection or a timeout is a no)."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False

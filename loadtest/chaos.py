@@ -10,11 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
-
 from farmctl import redis_ha
 from farmctl.runtime import Farm
-from farmctl.wait import wait_until
+from farmctl.wait import answers, wait_until
 from loadtest.ledger import KillRecord, Ledger
 
 log = logging.getLogger("chaos")
@@ -86,10 +84,7 @@ class Chaos:
             primary = redis_ha.primary_name(self.farm.config)
             if primary is None or primary == record.name:
                 return False
-            try:
-                return httpx.get(f"{self.farm.config.balancer_url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return answers(f"{self.farm.config.balancer_url}/readyz", 2)
 
         self._await(record, failed_over, "replaced by a new primary")
 
