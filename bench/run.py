@@ -192,7 +192,7 @@ def run_rounds(spec: BenchSpec, stage: Stage, todo: list[Target]) -> dict[str, l
     def route(target: Target) -> None:
         nonlocal active
         if target.active is not None and target.active != active:
-            farm.reload_nginx(draining={i.name for i in farm.config.web[target.active:]})
+            farm.set_draining({i.name for i in farm.config.web[target.active:]})
             active = target.active
 
     if spec.warmup not in ("", "0", "0s"):

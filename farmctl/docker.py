@@ -105,6 +105,18 @@ class DockerFarm:
             took.append((name, time.monotonic() - started))
         return took
 
+    def cut_off(self, name: str) -> None:
+        raise FarmError("cutting one instance off from Redis is a fault of the native runtime "
+                        "(iptables and cgroups of this host); under Docker, `docker network disconnect` "
+                        "would cut it off from nginx too")
+
+    def reconnect(self, name: str) -> None:
+        pass
+
+    def out_of_rotation(self) -> dict[str, str]:
+        """Nothing: under Docker nginx has passive checks only (see compose.yaml's healthchecks)."""
+        return {}
+
     def is_serving(self, name: str) -> bool:
         # Instances publish no ports; ask Docker for the container's health instead.
         out = self._compose("ps", "--format", "json", name, capture=True)

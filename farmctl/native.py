@@ -6,12 +6,12 @@ config, starts it, and drives it through `farmctl.supervisor` - in an order that
 import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import psutil
 
-from farmctl import redis_ha
+from farmctl import netfault, redis_ha, rotation
 from farmctl.config import FarmConfig
 from farmctl.ports import port_is_free
 from farmctl.redis_node import started_marker
@@ -49,6 +49,7 @@ class NativeFarm:
         for sub in ("logs", "nginx", *self.config.redis_nodes):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         if starting:
+            rotation.reset(self.state_dir)
             for node in self.config.redis_nodes:
                 started_marker(self.state_dir / node).unlink(missing_ok=True)
             for i, port in enumerate(self.config.sentinels.values(), 1):
@@ -62,10 +63,11 @@ class NativeFarm:
                 f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server"
             ) from None
         (self.state_dir / "supervisord.conf").write_text(supervisord_conf)
+        (self.state_dir / "farm.json").write_text(self.config.model_dump_json())  # for farmctl/health.py
         secret_conf = proxy_secret_path(self.state_dir)
         secret_conf.touch(0o600)
         secret_conf.write_text(proxy_secret_conf(proxy_secret(self.state_dir)))
-        (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config))
+        (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, rotation.read(self.state_dir).down))
         check = subprocess.run(
             [require_binary("nginx"), "-t", "-q", "-p", f"{self.state_dir}/nginx",
              "-c", f"{self.state_dir}/nginx.conf"],
@@ -131,6 +133,7 @@ class NativeFarm:
             return
         pid = int((self.state_dir / "supervisord.pid").read_text())
         self.supervisor.shutdown()
+        netfault.reconnect_all(self.state_dir)
         if not wait_until(lambda: not psutil.pid_exists(pid), timeout_s):
             raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
 
@@ -149,20 +152,43 @@ class NativeFarm:
                 continue
         return workers
 
-    def reload_nginx(self, draining: Collection[str] = (), timeout_s: float = 15) -> None:
-        """Re-render and reload nginx (SIGHUP: new workers take new requests, old ones finish
-        theirs), and return once every old worker is gone - only then is the change in force."""
-        (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, draining))
-        before = set(self._nginx_workers())
-        self.supervisor.signal("nginx", "HUP")
+    def reload_nginx(self, change: Callable[[rotation.Rotation], object] = lambda _: None,
+                     timeout_s: float = 15, finish: bool = True) -> None:
+        """Apply `change` to the rotation (which instances are `down`), re-render and reload nginx
+        (SIGHUP: new workers take new requests, old ones finish theirs), and return once the new
+        workers run and, with `finish`, every old one is gone (its requests done: a drained
+        instance can then be stopped)."""
+        with rotation.editing(self.state_dir) as current:
+            change(current)
+            (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, current.down))
+            before = set(self._nginx_workers())
+            self.supervisor.signal("nginx", "HUP")
 
-        def reloaded() -> bool:
-            workers = self._nginx_workers()
-            return bool(workers) and not before & set(workers) \
-                and not any("shutting down" in title for title in workers.values())
+            def reloaded() -> bool:
+                workers = self._nginx_workers()
+                new = {pid for pid, title in workers.items() if "shutting down" not in title} - before
+                return bool(new) and not (finish and set(workers) - new)
 
-        if not wait_until(reloaded, timeout_s, interval_s=0.05):
-            raise FarmError(f"nginx did not finish reloading within {timeout_s:.0f} s")
+            if not wait_until(reloaded, timeout_s, interval_s=0.05):
+                raise FarmError(f"nginx did not finish reloading within {timeout_s:.0f} s")
+
+    def set_draining(self, names: Collection[str]) -> None:
+        """Exactly these instances are drained (out of rotation for an operation; the bench uses fewer)."""
+        def drain(current: rotation.Rotation) -> None:
+            current.draining = set(names)
+
+        self.reload_nginx(drain)
+
+    def out_of_rotation(self) -> dict[str, str]:
+        return rotation.read(self.state_dir).out
+
+    def set_out_of_rotation(self, out: dict[str, str]) -> None:
+        """The health loop's verdict (farmctl/health.py): these instances, and only these, are held
+        out. In force once the new workers run: the old ones may be waiting on a hung instance."""
+        def hold(current: rotation.Rotation) -> None:
+            current.out = dict(out)
+
+        self.reload_nginx(hold, finish=False)
 
     def _wait_serving(self, names: Collection[str], timeout_s: float = 30) -> None:
         for name in names:
@@ -172,7 +198,7 @@ class NativeFarm:
     def _replace_gracefully(self, name: str, reconfigure: bool = False) -> None:
         """Take `name` out of nginx's rotation, stop it (SIGTERM: uvicorn finishes what it has),
         start it (with its new supervisor config if `reconfigure`), wait until it serves, put it back."""
-        self.reload_nginx(draining={name})
+        self.reload_nginx(lambda current: current.draining.add(name))
         if reconfigure:
             self.supervisor.remove(name)
             self.supervisor.add(name)
@@ -180,7 +206,7 @@ class NativeFarm:
             self.supervisor.stop(name)
             self.supervisor.start(name)
         self._wait_serving([name])
-        self.reload_nginx()
+        self.reload_nginx(lambda current: current.draining.discard(name))
 
     def roll(self) -> list[tuple[str, float]]:
         """Restart every instance, one at a time, without failing a request; returns (name, seconds)."""
@@ -232,6 +258,13 @@ class NativeFarm:
 
     def start(self, name: str) -> None:
         self.supervisor.start(name)
+
+    def cut_off(self, name: str) -> None:
+        netfault.cut_off(self.state_dir, name, self.pid(name),
+                         [*self.config.redis_nodes.values(), *self.config.sentinels.values()])
+
+    def reconnect(self, name: str) -> None:
+        netfault.reconnect(self.state_dir, name)
 
     def is_serving(self, name: str) -> bool:
         inst = next(i for i in self.config.web if i.name == name)

@@ -40,15 +40,17 @@ def _nginx_common() -> dict[str, object]:
         "nginx_keepalive_s": NGINX_KEEPALIVE_S,
         "next_upstream_tries": 3,
         "next_upstream_timeout_s": 5,
+        "read_timeout_s": 2,
+        "app_deadline_s": 1.5,
     }
 
 
-def render_nginx_native(config: FarmConfig, draining: Collection[str] = ()) -> str:
-    """The native config; `draining` instances are marked `down` (out of rotation, for a restart)."""
+def render_nginx_native(config: FarmConfig, down: Collection[str] = ()) -> str:
+    """The native config; instances in `down` are out of rotation (farmctl/rotation.py)."""
     return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
         runtime="native",
         instances=config.web,
-        draining=set(draining),
+        down=set(down),
         balance=config.balance,
         listen_host="127.0.0.1",
         http_port=config.http_port,
@@ -69,7 +71,7 @@ def _render_nginx_in_a_container(runtime: str, instances: list[Instance], balanc
     """What the Docker and Kubernetes configs share: port 8080 on every interface, HTTP only (TLS
     terminates in front), static files from /srv/static."""
     return _env(NGINX_TEMPLATE.parent).get_template(NGINX_TEMPLATE.name).render(
-        runtime=runtime, instances=instances, draining=set(), balance=balance, listen_host="0.0.0.0",
+        runtime=runtime, instances=instances, down=set(), balance=balance, listen_host="0.0.0.0",
         http_port=8080, https_port=None, static_dir="/srv/static", proxy_secret_conf=proxy_secret_conf,
         **values, **_nginx_common(),
     )

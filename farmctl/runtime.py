@@ -57,6 +57,17 @@ class Farm(Protocol):
     def roll(self) -> list[tuple[str, float]]:
         """Restart every instance, one at a time, without failing a request; returns (name, seconds)."""
 
+    def cut_off(self, name: str) -> None:
+        """A real network fault: instance `name` loses its path to Redis (its packets are dropped)
+        while the other instances keep theirs. FarmError where the runtime cannot do it."""
+
+    def reconnect(self, name: str) -> None:
+        """Undo `cut_off` (a no-op if `name` is not cut off)."""
+
+    def out_of_rotation(self) -> dict[str, str]:
+        """Instances the balancer's health checks hold out of the rotation now, with the reason
+        ("timeout", "unready", ...); empty where the runtime has no active health checks."""
+
     def is_serving(self, name: str) -> bool: ...
     def wait_healthy(self, timeout_s: float = ...) -> None: ...
     def log_path(self, name: str) -> str: ...

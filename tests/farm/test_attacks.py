@@ -69,9 +69,15 @@ def test_spraying_from_an_address_does_not_lock_out_an_account_signed_in_from_th
     base, address = farm.config.balancer_url, source_address()
     with client_from(base, address) as client:
         assert login(client, "demo", "demo-password").status_code == 200  # the owner, once
+        started = time.monotonic()
+
+        def spray(i: int) -> int:
+            # Just under nginx's 10 a second per address: this test is about the app's own limit.
+            time.sleep(max(0.0, started + i / 9 - time.monotonic()))
+            return login(client, f"victim{i}", "wrong-password").status_code
+
         with ThreadPoolExecutor(10) as pool:
-            sprayed = Counter(pool.map(lambda i: login(client, f"victim{i}", "wrong-password").status_code,
-                                       range(100)))
+            sprayed = Counter(pool.map(spray, range(100)))
         assert sprayed == {401: 100}
         assert login(client, new_username(), "wrong-password").status_code == 429  # a new pair waits
         assert login(client, "demo", "demo-password").status_code == 200  # the known one does not

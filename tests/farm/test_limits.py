@@ -2,6 +2,8 @@
 
 import re
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
@@ -138,3 +140,23 @@ def test_the_forms_still_work_from_our_own_pages(farm: NativeFarm) -> None:
                                            "qty": "2"}, headers={"origin": base, "sec-fetch-site": "same-origin"})
         assert added.status_code == 303
         assert client.get("/api/cart").json() == {"items": {"pear": 2}}
+
+
+def test_one_address_flooding_the_password_endpoints_is_told_429_by_nginx(farm: NativeFarm) -> None:
+    """nginx's limit_req: 10 a second per client address, bursts of 40; beyond, a 429 in the API's
+    shape that no instance spent argon2 on (no X-Served-By). Another address is not affected."""
+    transport = httpx.HTTPTransport(local_address="127.0.9.9")
+    started = time.monotonic()
+    with httpx.Client(base_url=farm.config.balancer_url, transport=transport, timeout=15) as flood:
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: flood.post("/api/login", json={"username": new_username(),
+                                                                             "password": "wrong-password"}),
+                                    range(80)))
+    took = time.monotonic() - started
+    refused = [r for r in answers if r.status_code == 429 and "x-served-by" not in r.headers]
+    assert refused
+    assert len(answers) - len(refused) <= 41 + 10 * took  # the burst, then 10 a second
+    assert refused[0].json() == {"detail": "too many requests from this address"}
+    assert refused[0].headers["retry-after"] == "1"
+    with signed_in(farm.config.balancer_url) as elsewhere:  # 127.0.0.1
+        assert elsewhere.get("/api/me").status_code == 200

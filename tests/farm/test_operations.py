@@ -15,7 +15,7 @@ import pytest
 from farmctl.native import NativeFarm
 from farmctl.wait import wait_until
 from tests.conftest import FarmFactory
-from tests.farm.users import signed_in
+from tests.farm.users import browser_like, signed_in
 
 pytestmark = pytest.mark.farm
 
@@ -32,18 +32,10 @@ class Load:
     keepalive_retries: int = 0
 
 
-def browser_like(load: Load, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """Send a request; if the server closed the (idle, kept-alive) connection before sending a
-    single byte back, send it once more on a new connection, as browsers do. A reloading nginx
-    closes its idle client connections; it never read a request from them, so the retry is safe
-    even for a POST (RFC 9112, 9.3.1)."""
-    try:
-        return client.request(method, url, **kwargs)
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        if "without sending a response" not in str(exc) and "reset by peer" not in str(exc):
-            raise
-        load.keepalive_retries += 1
-        return client.request(method, url, **kwargs)
+def counted(load: Load, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    response, resent = browser_like(client, method, url, **kwargs)
+    load.keepalive_retries += resent
+    return response
 
 
 SKUS = 40
@@ -60,8 +52,8 @@ def steady_load(base_url: str, clients: int = 4) -> Iterator[Load]:
                 # Spread over SKUs: a cart holds at most 999 of one (the app's CART_MAX_QTY).
                 sku = f"sku{added.total() % SKUS}"
                 try:
-                    responses = (browser_like(load, client, "GET", "/api/me"),
-                                 browser_like(load, client, "POST", "/api/cart/items", json={"sku": sku, "qty": 1}))
+                    responses = (counted(load, client, "GET", "/api/me"),
+                                 counted(load, client, "POST", "/api/cart/items", json={"sku": sku, "qty": 1}))
                 except httpx.HTTPError as exc:
                     load.errors.append(repr(exc))
                     continue

@@ -3,6 +3,7 @@
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -30,3 +31,16 @@ def with_cookie(base_url: str, cookies: httpx.Cookies) -> httpx.Client:
     for name, value in cookies.items():
         client.cookies.set(name, value)
     return client
+
+
+def browser_like(client: httpx.Client, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, int]:
+    """Send a request; if the server closed the (idle, kept-alive) connection before sending a
+    single byte back, send it once more on a new connection, as browsers do. A reloading nginx
+    closes its idle client connections; it never read a request from them, so the retry is safe
+    even for a POST (RFC 9112, 9.3.1). Returns the response and how many times it was resent."""
+    try:
+        return client.request(method, url, **kwargs), 0
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        if "without sending a response" not in str(exc) and "reset by peer" not in str(exc):
+            raise
+        return client.request(method, url, **kwargs), 1

@@ -264,9 +264,22 @@ def test_build_image_with_healthcheck_tool_it_contains(dockerfile: list[Instruct
     assert dockerfile[0][0] == "FROM"
     assert dockerfile[0][1].startswith("python:")
     argv = json.loads(checks[0].partition("CMD ")[2])
-    assert argv[0] == "python"
-    assert f"http://127.0.0.1:{APP_PORT}/healthz" in argv[-1]
+    assert argv[:3] == ["python", "-m", "app.probe"]
+    assert f"http://127.0.0.1:{APP_PORT}/healthz" in argv
     assert ("EXPOSE", str(APP_PORT)) in dockerfile
+
+
+def test_restart_a_hung_instance(services: dict[str, Service]) -> None:
+    """Liveness under Docker: the web check kills an app hung for 10 s (app/probe.py), which needs
+    the app to run under an init, and the restart policy starts the container again."""
+    web = {name: svc for name, svc in services.items() if name.startswith("web")}
+    assert web
+    for name, svc in web.items():
+        argv = svc["healthcheck"]["test"]
+        assert argv[:4] == ["CMD", "python", "-m", "app.probe"], name
+        assert float(argv[argv.index("--restart-after") + 1]) <= 10, name
+        assert svc.get("init") is True, name
+        assert svc["restart"] == "always", name
 
 
 def test_build_image_dependencies_before_source(dockerfile: list[Instruction]) -> None:

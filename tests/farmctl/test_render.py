@@ -75,10 +75,26 @@ def test_check_broken_render_rejected_by_nginx(rendered: str, config: FarmConfig
 
 def test_render_failover_on_connection_errors_only(rendered: str) -> None:
     lines = [line.strip() for line in rendered.splitlines() if line.strip().startswith("proxy_next_upstream ")]
-    assert lines == ["proxy_next_upstream error timeout;"] * 2  # the HTTP and the HTTPS server
+    assert lines == ["proxy_next_upstream error timeout;"] * 4  # 2 locations in the HTTP and the HTTPS server
     assert not re.search(r"http_\d+|non_idempotent", lines[0])
     assert re.search(r"^\s*proxy_next_upstream_tries \d+;", rendered, re.M)
     assert re.search(r"^\s*proxy_next_upstream_timeout \d+s;", rendered, re.M)
+
+
+def seconds(rendered: str, directive: str) -> set[int]:
+    return {int(value) for value in re.findall(rf"^\s*{directive} (\d+)s;", rendered, re.M)}
+
+
+def test_render_timeouts_that_fit_together(rendered: str) -> None:
+    """A GET that meets a hung instance times out once and is served by the next one, inside the
+    retry window and under 3 s in all (issue #11: it used to wait 10 s, then fail)."""
+    [read] = seconds(rendered, "proxy_read_timeout")
+    [window] = seconds(rendered, "proxy_next_upstream_timeout")
+    [connect] = seconds(rendered, "proxy_connect_timeout")
+    assert read + connect <= 3
+    assert window >= 2 * read
+    fail_timeouts = {int(t) for t in re.findall(r"fail_timeout=(\d+)s", rendered)}
+    assert min(fail_timeouts) > read  # a timed-out instance stays skipped until the health loop has it out
 
 
 def test_render_every_instance_as_loopback_server(rendered: str, config: FarmConfig) -> None:

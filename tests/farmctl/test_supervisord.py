@@ -24,7 +24,7 @@ def programs(config: FarmConfig) -> dict[str, configparser.SectionProxy]:
 def test_render_single_mode_with_one_redis_and_no_sentinel(tmp_path: Path) -> None:
     config = FarmConfig(instances=2, state_dir=tmp_path)
     rendered = programs(config)
-    assert set(rendered) == {"redis", "web1", "web2", "nginx"}
+    assert set(rendered) == {"redis", "web1", "web2", "nginx", "health"}
     argv = rendered["redis"]["command"].split()
     assert argv[0].endswith("redis-server")
     assert argv[argv.index("--port") + 1] == str(config.redis_port)
@@ -35,7 +35,8 @@ def test_render_sentinel_mode_with_replica_and_three_sentinels(tmp_path: Path) -
     config = FarmConfig(instances=2, redis_mode="sentinel", replica_port=7001, sentinel_ports=(7101, 7102, 7103),
                         state_dir=tmp_path)
     rendered = programs(config)
-    assert set(rendered) == {"redis", "redis-replica", "sentinel1", "sentinel2", "sentinel3", "web1", "web2", "nginx"}
+    assert set(rendered) == {"redis", "redis-replica", "sentinel1", "sentinel2", "sentinel3", "web1", "web2", "nginx",
+                             "health"}
     for name, port in config.redis_nodes.items():
         argv = rendered[name]["command"].split()
         assert argv[1:3] == ["-m", "farmctl.redis_node"]
