@@ -57,11 +57,12 @@ lint: $(VENV)/.installed ## ruff and mypy --strict
 	$(VENV)/bin/mypy
 
 test: $(K8S_VENV)/.installed ## install what is missing, lint, then every test against real farms
-	@farmctl/prereqs.sh nginx redis-server chromium wrk
+	@farmctl/prereqs.sh nginx redis-server chromium wrk iptables
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
 
-loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3 CHAOS=instances|redis)
+loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3 CHAOS=instances|redis|hang|redis-stall|partition|storm|mixed)
+	@farmctl/prereqs.sh iptables  # CHAOS=partition cuts an instance off with it
 	$(PY) -m loadtest run
 
 compare: prereqs $(VENV)/.installed ## the same load test under in-proc, sticky and Redis sessions

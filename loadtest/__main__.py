@@ -7,6 +7,7 @@ import sys
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
 from farmctl.runtime import FarmError
+from loadtest.chaos import MODES
 from loadtest.report import verdict_table
 from loadtest.run import SCENARIOS, LoadSpec, check_chaos, comparison_table, run_scenario, write_comparison
 
@@ -20,14 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=float(env.get("KILL_EVERY") or 0) or None)
     parser.add_argument("--signal", default=env.get("KILL_SIGNAL") or "KILL", choices=["KILL", "TERM"])
     parser.add_argument("--runtime", default=env.get("RUNTIME") or "auto")
-    parser.add_argument("--chaos", default=env.get("CHAOS") or "instances", choices=["instances", "redis"],
-                        help="what the chaos kills: a web instance, or the Redis primary (REDIS=sentinel)")
+    parser.add_argument("--chaos", default=env.get("CHAOS") or "instances", choices=MODES,
+                        help="the fault: kill an instance or the Redis primary (REDIS=sentinel), hang an instance, "
+                             "stall Redis, cut an instance off from Redis, a login storm, or all in turn (mixed)")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "run":
-            spec = LoadSpec(users=args.users or 50, duration=args.duration or "2m",
-                            kill_every_s=args.kill_every or 15.0, kill_signal=args.signal, chaos=args.chaos)
+            defaults = LoadSpec.for_chaos(args.chaos)
+            spec = LoadSpec(users=args.users or defaults.users, duration=args.duration or defaults.duration,
+                            kill_every_s=args.kill_every or defaults.kill_every_s, kill_signal=args.signal,
+                            chaos=args.chaos)
             out = PROJECT_ROOT / "reports" / "loadtest"
             config = FarmConfig.from_env()
             if args.chaos == "redis" and not env.get("REDIS"):

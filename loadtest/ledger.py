@@ -1,12 +1,15 @@
-"""What the load test saw: every request with its verdict, every kill and return.
+"""What the load test saw: every request with its verdict, every fault the chaos caused and how the farm coped.
 
 Pure bookkeeping, no Locust here: the locustfile records into a Ledger, the report reads it."""
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
+
+import numpy as np
 
 
 class Outcome(StrEnum):
@@ -19,19 +22,26 @@ class Outcome(StrEnum):
     LOST_UPDATE = "lost_update"
     #: The cart holds more than was added, even counting the indeterminate adds.
     PHANTOM_UPDATE = "phantom_update"
-    #: 5xx or a broken connection that cannot be blamed on a kill.
+    #: 5xx or a broken connection that cannot be blamed on a fault.
     REQUEST_ERROR = "request_error"
-    #: A non-idempotent request in flight on an instance when it was killed (as Jepsen counts a
-    #: request cut off by a crash): it may or may not have been applied, and the cart check allows both.
+    #: A non-idempotent request in flight on an instance when it was killed or hung (as Jepsen
+    #: counts a request cut off by a crash), or refused by the app with 503 + Retry-After after it
+    #: may have reached the store, and still so after the client's retries with the same
+    #: Idempotency-Key: it may or may not have been applied, and the cart check allows both.
     INDETERMINATE = "indeterminate"
 
 
 #: Outcomes that make the run FAIL: the guarantees of a shared session store.
 BROKEN_PROMISES = (Outcome.SESSION_LOST, Outcome.MIXUP, Outcome.LOST_UPDATE, Outcome.PHANTOM_UPDATE)
 
-#: A request "was in flight at a kill" if it ended after the kill was sent and started no later
-#: than this after the supervisor confirmed it.
-KILL_SLACK_S = 0.2
+#: A request "was in flight at a fault" if it ended after the fault was sent and started no later
+#: than this after the fault ended (a kill ends at once, when the supervisor confirms it).
+FAULT_SLACK_S = 0.2
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (a latency that was actually measured); 0 for no values."""
+    return float(np.percentile(values, q, method="inverted_cdf")) if values else 0.0
 
 
 @dataclass
@@ -46,12 +56,31 @@ class RequestRecord:
 
 
 @dataclass
-class KillRecord:
-    name: str
-    signal: str
+class Fault:
+    """One fault the chaos caused (see loadtest.chaos) and what the farm did about it; epoch seconds.
+
+    `at`: in place (`sent_at`: asked for); `detected_at`: the farm noticed (the victim left the
+    rotation, the app answered 503); `lifted_at`: the fault ended (a kill at once; a hang when the
+    farm restarted the instance, or when the chaos resumed it itself; a stall or partition when the
+    chaos lifted it; a storm at its last answer); `recovered_at`: everything served normally again."""
+
+    kind: str  # kill, hang, redis-stall, partition, storm
+    name: str  # the victim: an instance, a Redis node, or "farm" for a storm
     at: float
     sent_at: float
-    returned_at: float | None = None
+    signal: str = ""
+    detected_at: float | None = None
+    lifted_at: float | None = None
+    recovered_at: float | None = None
+    #: hang: whether the farm restarted the instance (False: the chaos had to resume it).
+    restarted: bool | None = None
+    #: storm: its requests admitted / refused / failed, per path.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def recovered(self) -> bool:
+        """Serving normally again - for a hang, only after the farm restarted it (its liveness check)."""
+        return self.recovered_at is not None and self.restarted is not False
 
 
 @dataclass
@@ -60,17 +89,23 @@ class Ledger:
     stopped_at: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
     requests: list[RequestRecord] = field(default_factory=list)
-    kills: list[KillRecord] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
 
-    def in_flight_at_kill(self, start: float, end: float) -> bool:
-        return any(start <= k.at + KILL_SLACK_S and end >= k.sent_at for k in self.kills)
+    def in_flight_at_fault(self, start: float, end: float) -> bool:
+        """Did the request overlap a fault (still going on, if it has not been lifted yet)?"""
+        return any(start <= (math.inf if f.lifted_at is None else f.lifted_at) + FAULT_SLACK_S and end >= f.sent_at
+                   for f in self.faults)
 
-    def classify_error(self, method: str, start: float, end: float, served_by: str) -> Outcome:
-        """A 5xx or broken connection: indeterminate if it was a POST cut off by a kill.
+    def classify_error(self, method: str, start: float, end: float, served_by: str,
+                       retry_after: bool = False) -> Outcome:
+        """A 5xx or broken connection: indeterminate if it was a POST of unknown fate.
 
-        Only answers that no instance signed (no X-Served-By: nginx's own "no instance available")
-        qualify; a 5xx that an instance sent itself is an error of that instance."""
-        if method != "GET" and not served_by and self.in_flight_at_kill(start, end):
+        That is an answer no instance signed (no X-Served-By: nginx's own "no instance available")
+        to a POST in flight at a fault, or the app's own 503 with Retry-After (its store did not
+        answer in time, perhaps after the write); any other 5xx is an error of that instance."""
+        refused_by_app = bool(served_by) and retry_after
+        cut_off = not served_by and self.in_flight_at_fault(start, end)
+        if method != "GET" and (refused_by_app or cut_off):
             return Outcome.INDETERMINATE
         return Outcome.REQUEST_ERROR
 
@@ -92,7 +127,7 @@ class Ledger:
             stopped_at=raw["stopped_at"],
             settings=raw["settings"],
             requests=[RequestRecord(**r) for r in raw["requests"]],
-            kills=[KillRecord(**k) for k in raw["kills"]],
+            faults=[Fault(**f) for f in raw["faults"]],
         )
 
 

@@ -1,14 +1,13 @@
-"""Users who sign in once and browse, checking every answer, while the chaos kills instances.
+"""Users who sign in once and browse, checking every answer, while the chaos breaks the farm.
 
 Run by `python -m loadtest run` (make loadtest); settings arrive as LOADTEST_* variables and the
 farm's config whole, serialized in WEBFARM_FARM_CONFIG, so the chaos drives the same farm."""
 
 import logging
+import math
 import os
 import random
 import secrets
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,16 @@ from locust.env import Environment
 
 from farmctl.config import CONFIG_VARIABLE, FarmConfig
 from farmctl.lifecycle import open_farm
-from farmctl.wait import wait_until
+from loadtest.addresses import own_address
 from loadtest.chaos import Chaos
 from loadtest.ledger import CartBook, Ledger, Outcome
 
 PASSWORD = "load-test-password"  # noqa: S105 - throw-away load-test accounts
 SKUS = ["apple", "pear", "plum", "fig", "kiwi"]
+#: A good client asks again after a 503 or 429 with Retry-After, this many times in all, waiting
+#: what the server asks (at most RETRY_AFTER_MAX_S).
+ATTEMPTS = 4
+RETRY_AFTER_MAX_S = 5.0
 
 ledger = Ledger()
 chaos: Chaos | None = None
@@ -32,9 +35,7 @@ log = logging.getLogger("loadtest")
 
 
 class FromOwnAddress(LocustHttpAdapter):
-    """Connect from a loopback address of one's own. All of 127/8 is loopback on Linux, so each
-    simulated user can come from its own address, as real users do: the per-address limits
-    (registrations, login spraying) then see users, not one load generator."""
+    """Connect from a loopback address of one's own (see loadtest.addresses)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -44,10 +45,6 @@ class FromOwnAddress(LocustHttpAdapter):
         super().init_poolmanager(*args, **kwargs, source_address=(self.address, 0))
 
 
-def own_address() -> str:
-    return f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
-
-
 class FarmUser(HttpUser):
     """Registers, signs in, then reads who it is, reads and fills its cart, and views pages."""
 
@@ -55,12 +52,16 @@ class FarmUser(HttpUser):
     signed_in = False
 
     def on_start(self) -> None:
-        if sys.platform == "linux":
-            self.client.mount("http://", FromOwnAddress(own_address()))
+        self.client.mount("http://", FromOwnAddress(own_address()))
         self.username = f"lt{secrets.token_hex(6)}"
         self.cart = CartBook()
-        self.client.post("/api/register", json={"username": self.username, "password": PASSWORD},
-                         name="/api/register")
+        for _ in range(ATTEMPTS):  # admission control may turn a registration away: come back later
+            with self.request("POST", "/api/register", json={"username": self.username, "password": PASSWORD}) as r:
+                wait = retry_after_s(r)
+                if wait is None:
+                    break
+                r.success()  # a refusal to come back later is not an error of the farm
+            time.sleep(wait)
         self.sign_in()
 
     def sign_in(self) -> None:
@@ -86,15 +87,17 @@ class FarmUser(HttpUser):
                                    **kwargs)
 
     def judge(self, response: ResponseContextManager, method: str, start: float,
-              check: Any = None) -> Outcome:
-        """Classify one answer, tell Locust, and write it down. `check` inspects a 200's body."""
+              check: Any = None, retrying: bool = False) -> Outcome:
+        """Classify one answer, tell Locust, and write it down. `check` inspects a 200's body;
+        `retrying`: the user sends this request again, so its fate is settled by the next answer."""
         end = time.time()
         status = response.status_code or 0
         served_by = response.headers.get("x-served-by", "") if status else ""
         if status == 401 or (status == 303 and "/login" in response.headers.get("location", "")):
             outcome = Outcome.SESSION_LOST
         elif status == 0 or status >= 500:
-            outcome = ledger.classify_error(method, start, end, served_by)
+            outcome = Outcome.REQUEST_ERROR if retrying else ledger.classify_error(
+                method, start, end, served_by, retry_after="retry-after" in response.headers)
         elif status != 200:
             outcome = Outcome.REQUEST_ERROR
         else:
@@ -137,10 +140,20 @@ class FarmUser(HttpUser):
 
         if not self.on_request_start():
             return
-        start = time.time()
-        with self.request("POST", "/api/cart/items", json={"sku": sku, "qty": qty}) as r:
-            if self.judge(r, "POST", start, applied) is Outcome.INDETERMINATE:
-                self.cart.uncertain[sku] += qty
+        # The app applies a key once: an add the app refused with 503 + Retry-After (its store did not
+        # answer in time, perhaps after the write) is sent again with the same key, to learn its fate.
+        key = secrets.token_urlsafe(12)
+        for attempt in range(1, ATTEMPTS + 1):
+            start = time.time()
+            with self.request("POST", "/api/cart/items", json={"sku": sku, "qty": qty},
+                              headers={"Idempotency-Key": key}) as r:
+                wait = retry_after_s(r) if attempt < ATTEMPTS and r.headers.get("x-served-by") else None
+                outcome = self.judge(r, "POST", start, applied, retrying=wait is not None)
+            if wait is None:
+                if outcome is Outcome.INDETERMINATE:
+                    self.cart.uncertain[sku] += qty
+                return
+            time.sleep(wait)
 
     @task(1)
     def view_dashboard(self) -> None:
@@ -154,6 +167,15 @@ class FarmUser(HttpUser):
             self.judge(r, "GET", start, shows_me)
 
 
+def retry_after_s(response: ResponseContextManager) -> float | None:
+    """How long to wait before asking again, if the answer is a 503 or 429 with Retry-After."""
+    value = response.headers.get("retry-after", "") if response.status_code in (429, 503) else ""
+    try:
+        return min(max(float(value), 0.1), RETRY_AFTER_MAX_S)
+    except ValueError:
+        return None
+
+
 @events.test_start.add_listener
 def start_chaos(environment: Environment, **_: Any) -> None:
     global chaos
@@ -163,18 +185,19 @@ def start_chaos(environment: Environment, **_: Any) -> None:
                        "chaos": os.environ.get("LOADTEST_CHAOS", "instances")}
     if kill_every <= 0:
         return
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe of the chaos or request of a storm
+    run_time = getattr(environment.parsed_options, "run_time", None)
     farm = open_farm(FarmConfig.from_json(os.environ[CONFIG_VARIABLE]), os.environ.get("RUNTIME") or "auto")
-    chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]), str(ledger.settings["chaos"]))
-    threading.Thread(target=chaos.run, daemon=True).start()
+    chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]), str(ledger.settings["chaos"]),
+                  ends_at=ledger.started_at + run_time if run_time else math.inf)
+    chaos.start()
 
 
 @events.test_stop.add_listener
 def save_ledger(environment: Environment, **_: Any) -> None:
     ledger.stopped_at = time.time()
     if chaos:
-        chaos.stop()
-        current = chaos
-        wait_until(lambda: not current.down, 15, interval_s=0.2)  # the last killed instance's time to come back
+        chaos.stop()  # the fault under way ends, the last killed instance comes back
     out = Path(os.environ.get("LOADTEST_OUT", "reports/loadtest"))
     out.mkdir(parents=True, exist_ok=True)
     ledger.save(out / "ledger.json")

@@ -10,6 +10,7 @@ from typing import Any
 
 from farmctl.config import CONFIG_VARIABLE, PROJECT_ROOT
 from farmctl.runtime import Farm, FarmError
+from loadtest.chaos import CLASSIC, mend, refusal
 from loadtest.ledger import Ledger
 from loadtest.report import comparison_chart, summarize, timeline_chart
 
@@ -20,17 +21,25 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 class LoadSpec:
     users: int = 50
     duration: str = "2m"  # Locust's format: 45s, 2m, 1h30m
-    kill_every_s: float = 15.0
+    kill_every_s: float = 15.0  # a kill, or for the other modes a fault, every this many seconds
     kill_signal: str = "KILL"
     spawn_rate: float = 10.0
-    chaos: str = "instances"  # or "redis": kill the Redis primary (needs REDIS=sentinel)
+    chaos: str = "instances"  # see loadtest.chaos: instances, redis, hang, redis-stall, partition, storm, mixed
+
+    @classmethod
+    def for_chaos(cls, chaos: str) -> "LoadSpec":
+        """The defaults of `make loadtest CHAOS=...`. A gray fault costs more than a kill (a hang lasts
+        ~13 s), so those runs are sized for a 2-core machine: 20 users, a fault every 15 s for a minute -
+        a minute and a half for mixed, one fault of each kind."""
+        if chaos in CLASSIC:
+            return cls(chaos=chaos)
+        return cls(users=20, duration="90s" if chaos == "mixed" else "60s", chaos=chaos)
 
 
 def check_chaos(farm: Farm, spec: LoadSpec) -> None:
     """Refuse a chaos the farm cannot survive by design, before anything starts."""
-    if spec.chaos == "redis" and (not farm.config.sentinel or farm.name != "native"):
-        raise FarmError("CHAOS=redis kills the Redis primary and needs a native farm with REDIS=sentinel "
-                        "(a replica and Sentinels to fail over to)")
+    if why := refusal(farm, spec.chaos):
+        raise FarmError(why)
 
 
 def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm load test") -> dict[str, Any]:
@@ -45,16 +54,21 @@ def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm lo
            "LOADTEST_KILL_EVERY": str(spec.kill_every_s), "LOADTEST_KILL_SIGNAL": spec.kill_signal,
            "LOADTEST_CHAOS": spec.chaos, "PYTHONPATH": str(PROJECT_ROOT)}
     victim = "the Redis primary" if spec.chaos == "redis" else "an instance"
+    chaos = f"a SIG{spec.kill_signal} to {victim}" if spec.chaos in CLASSIC else f"a fault ({spec.chaos})"
     print(f"locust: {spec.users} users for {spec.duration} against {config.balancer_url} "
           f"({config.instances} x {config.session_backend} sessions, {config.balance}, Redis {config.redis_mode}), "
-          f"a SIG{spec.kill_signal} to {victim} every {spec.kill_every_s:g} s", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(spec.users),
-         "--spawn-rate", str(spec.spawn_rate), "--run-time", spec.duration, "--host", config.balancer_url,
-         "--html", str(out / "report.html"), "--stop-timeout", "5", "--exit-code-on-error", "0",
-         "--loglevel", "INFO"],
-        env=env, cwd=PROJECT_ROOT, check=True,
-    )
+          f"{chaos} every {spec.kill_every_s:g} s", flush=True)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(spec.users),
+             "--spawn-rate", str(spec.spawn_rate), "--run-time", spec.duration, "--host", config.balancer_url,
+             "--html", str(out / "report.html"), "--stop-timeout", "5", "--exit-code-on-error", "0",
+             "--loglevel", "INFO"],
+            env=env, cwd=PROJECT_ROOT, check=True,
+        )
+    finally:
+        if spec.chaos not in CLASSIC:  # a Locust that died mid-fault must not leave a process stopped or cut off
+            mend(farm)
     ledger = Ledger.load(out / "ledger.json")
     summary = summarize(ledger, spec.users, config.instances, session_backend=config.session_backend,
                         balance=config.balance, redis=config.redis_mode, runtime=farm.name)

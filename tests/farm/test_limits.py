@@ -147,11 +147,11 @@ def test_one_address_flooding_the_password_endpoints_is_told_429_by_nginx(farm: 
     shape that no instance spent argon2 on (no X-Served-By). Another address is not affected."""
     transport = httpx.HTTPTransport(local_address="127.0.9.9")
     started = time.monotonic()
-    with httpx.Client(base_url=farm.config.balancer_url, transport=transport, timeout=15) as flood:
-        with ThreadPoolExecutor(20) as pool:
-            answers = list(pool.map(lambda _: flood.post("/api/login", json={"username": new_username(),
-                                                                             "password": "wrong-password"}),
-                                    range(80)))
+    with httpx.Client(base_url=farm.config.balancer_url, transport=transport, timeout=15) as flood, \
+            ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: flood.post("/api/login", json={"username": new_username(),
+                                                                         "password": "wrong-password"}),
+                                range(80)))
     took = time.monotonic() - started
     refused = [r for r in answers if r.status_code == 429 and "x-served-by" not in r.headers]
     assert refused

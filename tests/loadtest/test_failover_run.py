@@ -48,7 +48,15 @@ def test_redis_primary_kill_run_completes_with_failover(farm_factory: FarmFactor
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
 
-def test_redis_chaos_refused_without_sentinels(farm_factory: FarmFactory, tmp_path: Path) -> None:
-    farm = farm_factory(1, start=False)
-    with pytest.raises(FarmError, match="REDIS=sentinel"):
-        run_scenario(farm, LoadSpec(chaos="redis"), tmp_path)
+@pytest.mark.parametrize(("chaos", "instances", "redis_mode", "why"), [
+    ("redis", 1, "single", "needs a native farm with REDIS=sentinel"),
+    ("redis-stall", 3, "sentinel", "stalls the one Redis of a single-Redis farm"),
+    ("mixed", 3, "sentinel", "stalls the one Redis of a single-Redis farm"),
+    ("hang", 1, "single", "never the last one: it needs N=2"),
+    ("partition", 1, "single", "never the last one: it needs N=2"),
+])
+def test_chaos_refused_where_the_farm_cannot_take_it(farm_factory: FarmFactory, tmp_path: Path, chaos: str,
+                                                     instances: int, redis_mode: str, why: str) -> None:
+    farm = farm_factory(instances, start=False, redis_mode=redis_mode)
+    with pytest.raises(FarmError, match=why):
+        run_scenario(farm, LoadSpec(chaos=chaos), tmp_path)

@@ -1,0 +1,53 @@
+"""Short real load tests with the gray faults of CHAOS=hang and CHAOS=partition: the farm must
+detect each one, end or outlast it, recover, and break no promise meanwhile."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from farmctl.native import NativeFarm
+from loadtest.chaos import HANG_GIVE_UP_S, PARTITION_S
+from loadtest.run import LoadSpec, run_scenario
+from tests.conftest import FarmFactory
+
+pytestmark = pytest.mark.loadtest
+
+
+def one_fault(farm: NativeFarm, chaos: str, duration: str, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run with a fault at 6 s that ends too soon for a second one; returns the summary and the fault."""
+    summary = run_scenario(farm, LoadSpec(users=6, duration=duration, kill_every_s=6, spawn_rate=6, chaos=chaos), out)
+    print(json.dumps(summary["faults"]))
+    assert summary["verdict"] == "PASS", summary
+    assert summary["requests"] > 100
+    [fault] = summary["faults"]
+    assert fault["kind"] == chaos
+    assert fault["detect_s"] is not None
+    assert fault["detect_s"] < 3
+    assert fault["recover_s"] is not None
+    assert fault["recover_s"] < 5
+    return summary, fault
+
+
+def test_a_hung_instance_leaves_the_rotation_and_is_restarted(farm_factory: FarmFactory, tmp_path: Path) -> None:
+    farm = farm_factory(3)
+    summary, hang = one_fault(farm, "hang", "22s", tmp_path)
+    assert hang["restarted"] is True  # by the farm's liveness check, not resumed by the chaos
+    assert 9 < hang["lasted_s"] < HANG_GIVE_UP_S
+    supervisord = psutil.Process(farm.supervisor.rpc.getPID())
+    assert all(p.status() != psutil.STATUS_STOPPED for p in supervisord.children(recursive=True))
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "timeline.png").stat().st_size > 10_000
+
+
+def test_an_instance_cut_off_from_redis_leaves_the_rotation_and_comes_back(farm_factory: FarmFactory,
+                                                                            tmp_path: Path) -> None:
+    farm = farm_factory(3)
+    _, cut = one_fault(farm, "partition", "16s", tmp_path)
+    assert PARTITION_S <= cut["lasted_s"] < PARTITION_S + 1
+    assert farm.out_of_rotation() == {}
+    victim = next(i for i in farm.config.web if i.name == cut["name"])
+    assert httpx.get(f"{victim.url}/readyz", timeout=2).status_code == 200  # its path to Redis is back
