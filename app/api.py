@@ -1,12 +1,15 @@
 """The JSON API: register, log in and out, who am I, and a cart kept in the session."""
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.deps import (
+    Admitted,
     AuthDep,
     CurrentIdentity,
     CurrentSession,
@@ -24,7 +27,10 @@ from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, In
 from app.sessions import CartAdd, CartFull
 
 Responses = dict[int | str, dict[str, Any]]
-STORE_DOWN: Responses = {503: {"model": Detail, "description": "Session store unavailable"}}
+STORE_DOWN: Responses = {503: {"model": Detail, "description": "Session store unavailable; see Retry-After"}}
+#: Requests that hash a password are admitted a few at a time per instance (app.admission).
+EXPENSIVE: Responses = {503: {"model": Detail, "description": "Session store unavailable, or too busy (too "
+                                                              "many sign-ups or sign-ins at once); see Retry-After"}}
 NEEDS_SESSION: Responses = {401: {"model": Detail, "description": "Not signed in"}, **STORE_DOWN}
 BODY_CHECKS: Responses = {
     400: {"model": Detail, "description": "The body could not be read (e.g. not UTF-8)"},
@@ -46,22 +52,26 @@ async def healthz(settings: SettingsDep) -> Health:
 
 @router.get("/readyz", response_model=Health, responses=STORE_DOWN, tags=["ops"])
 async def readyz(request: Request, settings: SettingsDep) -> Health:
-    """Readiness: the session store answers."""
-    await request.app.state.redis.ping()
+    """Readiness: the session store answers, within READINESS_TIMEOUT_S - else 503, as fast."""
+    try:
+        async with asyncio.timeout(settings.readiness_timeout_s):
+            await request.app.state.redis.ping()
+    except TimeoutError:
+        raise RedisTimeoutError(f"no PING reply within {settings.readiness_timeout_s} s") from None
     return Health(status="ready", instance=settings.instance_name)
 
 
-@state_changing.post("/api/register", status_code=201, response_model=UserOut, tags=["auth"],
-                     responses={409: {"model": Detail, "description": "Username taken"}, **THROTTLED, **STORE_DOWN})
+@state_changing.post("/api/register", status_code=201, response_model=UserOut, tags=["auth"], dependencies=[Admitted],
+                     responses={409: {"model": Detail, "description": "Username taken"}, **THROTTLED, **EXPENSIVE})
 async def register(body: Credentials, request: Request, auth: AuthDep, request_id: IdempotencyKey) -> UserOut:
     """Create an account (limited per client address, see Auth.register)."""
     await auth.register(request, body.username, body.password, request_id)
     return UserOut(username=body.username)
 
 
-@state_changing.post("/api/login", response_model=UserOut, tags=["auth"],
+@state_changing.post("/api/login", response_model=UserOut, tags=["auth"], dependencies=[Admitted],
                      responses={401: {"model": Detail, "description": "Wrong credentials"}, **THROTTLED, **RACED,
-                                **STORE_DOWN})
+                                **EXPENSIVE})
 async def login(body: Credentials, request: Request, response: Response, auth: AuthDep) -> UserOut:
     epoch = await auth.check_password(request, body.username, body.password)
     await auth.start_session(request, response, body.username, epoch)
@@ -84,8 +94,8 @@ async def logout_everywhere(request: Request, session: CurrentSession, store: St
     return response
 
 
-@state_changing.post("/api/password", response_model=UserOut, tags=["auth"],
-                     responses={**NEEDS_SESSION, **THROTTLED, **RACED})
+@state_changing.post("/api/password", response_model=UserOut, tags=["auth"], dependencies=[Admitted],
+                     responses={**NEEDS_SESSION, **THROTTLED, **RACED, **EXPENSIVE})
 async def change_password(body: PasswordChange, request: Request, response: Response, session: CurrentSession,
                           users: UsersDep, store: StoreDep, auth: AuthDep) -> UserOut:
     """Change the password: every other session of the user ends (logins that checked the old

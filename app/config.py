@@ -41,11 +41,19 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(
         200, ge=1, description="With Sentinels: how long a login waits for the replica to acknowledge the session."
     )
-    redis_socket_timeout_s: float = Field(1.0, gt=0, description="Per-command timeout.")
+    redis_socket_timeout_s: float = Field(
+        1.0, gt=0, description="One command's reply (and the handshake's); a timed-out command is never retried.")
     redis_connect_timeout_s: float = Field(0.5, gt=0, description="TCP connect timeout.")
     redis_max_connections: int = Field(64, ge=1, description="Pool size per instance.")
-    redis_pool_timeout_s: float = Field(2.0, gt=0, description="Wait for a free pooled connection.")
+    redis_pool_timeout_s: float = Field(
+        0.5, gt=0, description="Wait for a free pooled connection (all busy: Redis is slow or hung).")
     redis_retries: int = Field(2, ge=0, description="Retries on connection errors, with backoff.")
+    request_timeout_s: float = Field(
+        1.5, gt=0, description="Every request answers within this, 503 with Retry-After past it, however many "
+                               "Redis calls it makes: below the balancer's proxy_read_timeout (2 s), so that a slow "
+                               "store never looks like a hung instance to nginx.")
+    readiness_timeout_s: float = Field(
+        0.25, gt=0, description="/readyz answers 503 when Redis has not answered a PING within this.")
     key_prefix: str = Field("webfarm", description="Prefix of every Redis key.")
 
     session_backend: SessionBackend = SessionBackend.REDIS
@@ -87,6 +95,13 @@ class Settings(BaseSettings):
 
     argon2_time_cost: int = Field(2, ge=1)
     argon2_memory_kib: int = Field(19 * 1024, ge=8 * 1024, description="OWASP minimum: 19 MiB.")
+    argon2_concurrency: int = Field(
+        2, ge=1, description="Hashes (register, login, password change) running at once per instance; each "
+                             "takes ARGON2_MEMORY_KIB and a core for tens of milliseconds.")
+    argon2_queue: int = Field(
+        16, ge=0, description="Requests waiting for a hash slot; past that, 503 at once. Most leave the queue "
+                              "within milliseconds: one that the throttle refuses, or a taken name, needs no hash.")
+    argon2_queue_wait_s: float = Field(0.5, gt=0, description="Longest wait for a hash slot; then 503.")
 
     stats_flush_interval_s: float = Field(1.0, gt=0, description="Write-behind of request counts.")
 

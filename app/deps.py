@@ -1,11 +1,13 @@
 """Request dependencies, as Annotated aliases so that route signatures read as declarations."""
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Header, HTTPException, Request, status
 
+from app.admission import Admission
 from app.auth import Auth
 from app.config import Settings
 from app.presence import Presence
@@ -106,6 +108,18 @@ def request_id() -> str:
 
 
 IdempotencyKey = Annotated[str, Depends(idempotency_key)]
+
+
+async def admitted(request: Request) -> AsyncIterator[None]:
+    """For the requests that hash a password: admitted first (app.admission), or 503 at once,
+    before anything is counted or written."""
+    admission: Admission = request.app.state.admission
+    async with admission.admit():
+        yield
+
+
+#: `dependencies=[Admitted]` on a route whose work includes an argon2 hash.
+Admitted = Depends(admitted)
 
 
 async def same_origin(request: Request) -> None:

@@ -15,9 +15,16 @@ from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import api, pages, redis_client
+from app.admission import Admission, Busy
 from app.auth import Auth
 from app.config import SessionBackend, Settings, get_settings
-from app.middleware import RequestLimitsMiddleware, ServedByMiddleware, TrustedProxyMiddleware
+from app.middleware import (
+    STORE_UNAVAILABLE,
+    DeadlineMiddleware,
+    RequestLimitsMiddleware,
+    ServedByMiddleware,
+    TrustedProxyMiddleware,
+)
 from app.presence import Presence
 from app.sessions import Limits, MemorySessionStore, NearCache, RedisSessionStore, SessionStore
 from app.throttle import LoginThrottle
@@ -63,8 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redis = redis_client.connect_redis(settings)
     presence = Presence(redis, settings.key_prefix, settings.instance_name, settings.stats_flush_interval_s)
     sessions = make_session_store(settings, redis)
+    admission = Admission(settings.argon2_concurrency, settings.argon2_queue, settings.argon2_queue_wait_s)
     users = UserStore(redis, settings.key_prefix,
-                      PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib))
+                      PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib),
+                      admission)
     throttle = LoginThrottle(
         redis, settings.key_prefix, settings.login_max_attempts_per_pair, settings.login_max_failures_per_account,
         settings.login_max_failures_per_address, settings.login_failure_window_s,
@@ -75,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(redis_client.close, redis)
+            stack.callback(admission.close)
             if isinstance(sessions, NearCache):
                 stack.push_async_callback(redis_client.close, sessions.subscriber)
             await stack.enter_async_context(sessions)
@@ -89,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.presence = presence
     app.state.sessions = sessions
     app.state.users = users
+    app.state.admission = admission
     app.state.throttle = throttle
     app.state.auth = Auth(settings, sessions, users, throttle)
     app.include_router(api.router)
@@ -96,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(pages.forms)
     # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(RequestLimitsMiddleware, max_body=settings.max_body_bytes, max_headers=settings.max_headers,
                        max_header_bytes=settings.max_header_bytes)
     app.add_middleware(TrustedProxyMiddleware, secret=settings.proxy_secret)
@@ -114,8 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("session store unavailable: %s: %s", type(exc).__name__, exc)
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError):
             await redis_client.forget_primary(request.app.state.redis)
-        return JSONResponse({"detail": "session store unavailable"}, status_code=503,
-                            headers={"Retry-After": "1"})
+        return JSONResponse({"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Busy)
+    async def too_busy(request: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse({"detail": "too busy, try again shortly"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,24 +1,75 @@
 """Pure-ASGI middleware: the stamp every response gets, whom we trust to say where a request came
-from, and which requests we accept at all."""
+from, which requests we accept at all, and how long one may take."""
 
+import asyncio
 import hmac
 import json
+import logging
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.presence import Presence
 
+log = logging.getLogger("webfarm")
+
 #: Set by the balancer on every request it forwards (see nginx/nginx.conf.j2); only a request that
 #: carries the farm's proxy secret may tell us the client's address and scheme.
 PROXY_HEADER = b"x-webfarm-proxy"
 
 
-async def send_json(send: Send, status: int, detail: str) -> None:
+#: The app's answer whenever the session store fails it: a timeout, a refused connection, or the
+#: request's deadline (below). Clients retry after Retry-After.
+STORE_UNAVAILABLE = "session store unavailable"
+
+
+async def send_json(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class DeadlineMiddleware:
+    """Every request answers within `seconds`, however many Redis calls (each with its own
+    timeouts) or waits it makes: past that its work is cancelled and the answer is 503 with
+    Retry-After. Kept below the balancer's read timeout, so that a stalled store reaches users as
+    this 503 rather than as an instance that nginx (or the health checks) take for hung.
+
+    Cancelling is safe here: redis-py closes a connection whose command was cancelled (no late
+    reply can reach another request), a write that Redis applies later anyway carries a request id
+    where applying it twice would matter (app.sessions.redis), and hashes are left to finish on
+    their own threads (app.admission). Once the answer has started, the deadline is off."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline, answered = asyncio.timeout(self.seconds), False
+
+        async def send_in_time(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                if not deadline.expired():  # else it struck just now, as the answer was ready
+                    deadline.reschedule(None)
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_in_time)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            if answered:  # it struck as the answer went out: that answer stands, nothing can follow it
+                return
+            log.warning("%s %s: no answer within %.1f s, 503", scope["method"], scope["path"], self.seconds)
+            await send_json(send, 503, STORE_UNAVAILABLE, {"Retry-After": "1"})
 
 
 class RequestLimitsMiddleware:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from app import csrf
 from app.deps import (
+    Admitted,
     AuthDep,
     MaybeKey,
     MaybeSession,
@@ -88,7 +89,7 @@ async def register_page(request: Request, key: MaybeKey) -> HTMLResponse:
     return render(request, "login.html", key, mode="register", errors={}, username="")
 
 
-@forms.post("/login")
+@forms.post("/login", dependencies=[Admitted])
 async def login_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
                      username: Username = "", password: Password = "") -> Response:
     require_csrf(request, key, csrf_token)
@@ -105,7 +106,7 @@ async def login_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token:
     return response
 
 
-@forms.post("/register")
+@forms.post("/register", dependencies=[Admitted])
 async def register_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
                         username: Username = "", password: Password = "") -> Response:
     require_csrf(request, key, csrf_token)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 #: In /dev/shm, a tmpfs Docker mounts afresh at each container start: a restarted container
 #: never inherits the previous one's failure clock.
-FAILING_SINCE = Path(os.environ.get("PROBE_STATE_DIR", "/dev/shm"))  # noqa: S108 - the container's own / "webfarm-failing-since"
+STATE_DIR = os.environ.get("PROBE_STATE_DIR", "/dev/shm")  # noqa: S108 - the container's own tmpfs
+FAILING_SINCE = Path(STATE_DIR) / "webfarm-failing-since"
 
 
 def healthy(url: str, timeout_s: float) -> bool:

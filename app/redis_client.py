@@ -57,7 +57,9 @@ class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
 def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
     """A client that fails fast and bounded: a few quick retries on a dropped connection, then
     the error surfaces as 503. The pool blocks (briefly) when every connection is busy instead of
-    failing at once, which redis-py's default pool does past its size under a burst."""
+    failing at once, which redis-py's default pool does past its size under a burst. Each wait is
+    bounded on its own (a free connection, connecting, the handshake, the reply), and they add up:
+    a request's deadline (app.middleware) bounds the sum, whatever the request's number of calls."""
     if settings.redis_sentinels:
         return _connect_sentinel(settings)
     pool = BlockingConnectionPool.from_url(

@@ -3,10 +3,11 @@
 import secrets
 import time
 
-from anyio import to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
+
+from app.admission import Admission
 
 # KEYS: user. ARGV: password hash, created_at, request id. Idempotent: the same request id
 # that created the account finds it created (a retry after a dropped connection is not a 409).
@@ -21,10 +22,13 @@ return 1
 
 
 class UserStore:
-    def __init__(self, redis: Redis, prefix: str, hasher: PasswordHasher) -> None:
+    def __init__(self, redis: Redis, prefix: str, hasher: PasswordHasher, admission: Admission) -> None:
+        """Hashes run on the admission's threads (at most ARGON2_CONCURRENCY at once); admitting the
+        requests that need them is the caller's part (app.deps.admitted)."""
         self.redis = redis
         self.prefix = prefix
         self.hasher = hasher
+        self.admission = admission
         self._create = redis.register_script(_CREATE)
         # Verified against when the user does not exist, so that "no such user" costs as much
         # time as "wrong password" and the two cannot be told apart.
@@ -40,16 +44,19 @@ class UserStore:
         created_by = await self.redis.hget(self._key(username), "created_by")
         if created_by is not None:  # spare the hash for a name that is taken
             return bool(created_by == request_id)
-        password_hash = await to_thread.run_sync(self.hasher.hash, password)
+        password_hash = await self.admission.run(self.hasher.hash, password)
         return bool(await self._create([self._key(username)], [password_hash, str(time.time()), request_id]))
 
     async def authenticate(self, username: str, password: str) -> bool:
         stored = await self.redis.hget(self._key(username), "password_hash")
+        return await self.admission.run(self._verify, stored or self._dummy_hash, password) and bool(stored)
+
+    def _verify(self, password_hash: str | bytes, password: str) -> bool:
         try:
-            return await to_thread.run_sync(self.hasher.verify, stored or self._dummy_hash, password) and bool(stored)
+            return self.hasher.verify(password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
 
     async def set_password(self, username: str, password: str) -> None:
-        password_hash = await to_thread.run_sync(self.hasher.hash, password)
+        password_hash = await self.admission.run(self.hasher.hash, password)
         await self.redis.hset(self._key(username), "password_hash", password_hash)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from app.config import Settings
 from farmctl.config import (
     APP_KEEPALIVE_S,
     NGINX_KEEPALIVE_S,
@@ -41,7 +42,9 @@ def _nginx_common() -> dict[str, object]:
         "next_upstream_tries": 3,
         "next_upstream_timeout_s": 5,
         "read_timeout_s": 2,
-        "app_deadline_s": 1.5,
+        # What every instance answers within, whatever Redis does (REQUEST_TIMEOUT_S); nginx's read
+        # timeout must be longer, or a slow store would look like a hung instance.
+        "app_deadline_s": Settings.model_fields["request_timeout_s"].default,
     }
 
 

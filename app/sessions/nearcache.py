@@ -123,12 +123,12 @@ class NearCache(SessionStore):
         nonce = secrets.token_hex(8)
         ack_key = self._acks + nonce
         receivers = int(await self.redis.publish(self.channel, f"{nonce} {sid}"))
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while int(await self.redis.get(ack_key) or 0) < receivers:
-            if time.monotonic() > deadline:
-                log.warning("not every instance acknowledged the end of a session within %.1f s", ACK_TIMEOUT_S)
-                break
-            await asyncio.sleep(0.001)
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):  # a GET held up by a stalled Redis included
+                while int(await self.redis.get(ack_key) or 0) < receivers:  # noqa: ASYNC110 - polls Redis
+                    await asyncio.sleep(0.001)
+        except TimeoutError:
+            log.warning("not every instance acknowledged the end of a session within %.1f s", ACK_TIMEOUT_S)
 
     def _drop(self, sid: str) -> None:
         self.generation += 1

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from farmctl.config import FarmConfig
+from farmctl.lifecycle import running_farm
 from farmctl.native import NativeFarm
 from farmctl.wait import wait_until
-from tests.conftest import FarmFactory
 from tests.farm.users import browser_like, signed_in
 
 pytestmark = pytest.mark.farm
@@ -67,10 +68,13 @@ def user_load(base_url: str, pause_s: float = 0.05) -> Iterator[Seen]:
         thread.join(30)
 
 
-@pytest.fixture
-def gray_farm(farm_factory: FarmFactory) -> NativeFarm:
-    """A farm of its own per test: the faults here restart instances and rewrite nginx's rotation."""
-    return farm_factory(3)
+@pytest.fixture(scope="module")
+def gray_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeFarm]:
+    """A farm of this module's own (each test mends what it breaks), stopped when the module ends."""
+    config = FarmConfig(instances=3, state_dir=tmp_path_factory.mktemp("gray"),
+                        extra_env={"REGISTER_MAX_PER_ADDRESS": "100000"})
+    with running_farm(config.on_free_ports(), "native") as farm:
+        yield farm
 
 
 def test_a_hung_instance_leaves_the_rotation_at_once_and_is_restarted(gray_farm: NativeFarm) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import Settings
 from farmctl.config import APP_KEEPALIVE_S, FarmConfig
 from farmctl.render import proxy_secret_path, render_nginx_native, require_binary
 from farmctl.secret import proxy_secret_conf
@@ -92,6 +93,7 @@ def test_render_timeouts_that_fit_together(rendered: str) -> None:
     [window] = seconds(rendered, "proxy_next_upstream_timeout")
     [connect] = seconds(rendered, "proxy_connect_timeout")
     assert read + connect <= 3
+    assert read > Settings.model_fields["request_timeout_s"].default  # the app's 503 comes first
     assert window >= 2 * read
     fail_timeouts = {int(t) for t in re.findall(r"fail_timeout=(\d+)s", rendered)}
     assert min(fail_timeouts) > read  # a timed-out instance stays skipped until the health loop has it out

@@ -179,7 +179,7 @@ def test_nginx_config_balances_the_ready_web_pods(objects: list[Obj], find: Call
     assert web_service["spec"]["selector"] == workloads["web"]["spec"]["selector"]["matchLabels"]
     servers = re.findall(r"^\s*server (\S+) ([^;]*);", conf, re.M)
     assert servers == [(f"web.webfarm.svc.cluster.local:{web_service['spec']['ports'][0]['port']}",
-                        "max_fails=1 fail_timeout=2s resolve")]
+                        "max_fails=1 fail_timeout=5s resolve")]
     assert web_service["spec"]["ports"][0]["port"] == container_port(workloads["web"])
     assert re.search(r"^\s*resolver kube-dns\.kube-system\.svc\.cluster\.local valid=2s", conf, re.M)
     assert re.findall(r"^\s*listen (\S+);", conf, re.M) == [f"0.0.0.0:{container_port(workloads['balancer'])}"]

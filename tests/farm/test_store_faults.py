@@ -1,0 +1,197 @@
+"""A store that hangs or stalls: every request still answers in bounded time - 200, or the app's
+503 with Retry-After - /readyz says so within the health checks' bound, the farm is back the
+moment Redis is, and no cart add is applied twice.
+
+A signed-in user reads /api/me and /api/cart and adds to the cart (repeating a 503'd add with the
+same Idempotency-Key until it is confirmed), while a crowd of other users reads carts: while Redis
+hangs their requests pile up, and each one's waits (for a pooled connection, a new connection's
+handshake, the reply) used to add up past nginx's read timeout."""
+
+import asyncio
+import json
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import httpx
+import pytest
+
+from farmctl.native import NativeFarm
+from tests.farm.test_attacks import client_from, redis_blocked
+from tests.farm.users import PASSWORD, browser_like, new_username
+
+pytestmark = pytest.mark.farm
+
+#: nginx's proxy_read_timeout: an answer later than this would make nginx take the instance for hung.
+ANSWER_BOUND_S = 2.0
+#: The health checks' probe timeout (farmctl/health.py): /readyz must say 503 well within it.
+READY_BOUND_S = 0.5
+CROWD_RATE = 400
+STORE_UNAVAILABLE = {"detail": "session store unavailable"}
+#: One for the crowd's clients: httpx would load the CA bundle for each (15 ms of CPU, times hundreds).
+SSL_CONTEXT = ssl.create_default_context()
+
+
+@dataclass(frozen=True)
+class Answer:
+    what: str
+    started: float
+    seconds: float
+    status: int
+    headers: httpx.Headers
+    body: str
+
+
+@dataclass
+class Seen:
+    answers: list[Answer] = field(default_factory=list)
+    confirmed_adds: int = 0
+
+    def send(self, what: str, request: Callable[[], tuple[httpx.Response, int]]) -> httpx.Response:
+        started = time.monotonic()
+        response, _ = request()
+        self.answers.append(Answer(what, started, time.monotonic() - started, response.status_code,
+                                   response.headers, response.text))
+        return response
+
+
+def user_loop(client: httpx.Client, seen: Seen, stop: threading.Event) -> None:
+    """GET /api/me, GET /api/cart, and one cart add repeated with its key until confirmed, in turn;
+    once stopped, only until the add in hand is confirmed."""
+    key = secrets.token_hex(8)
+    while key:
+        seen.send("me", partial(browser_like, client, "GET", "/api/me"))
+        seen.send("cart", partial(browser_like, client, "GET", "/api/cart"))
+        add = seen.send("add", partial(browser_like, client, "POST", "/api/cart/items",
+                                       json={"sku": "plum", "qty": 1}, headers={"Idempotency-Key": key}))
+        if add.status_code == 200:
+            seen.confirmed_adds += 1
+            key = "" if stop.is_set() else secrets.token_hex(8)
+        time.sleep(0.05)
+
+
+async def crowd_loop(base_url: str, cookies: httpx.Cookies, seen: Seen, stop: threading.Event) -> None:
+    """Other users' clicks, CROWD_RATE a second whether earlier ones have been answered or not (an open
+    loop, as real users are): while Redis hangs, the requests in flight pile up."""
+    idle: list[httpx.AsyncClient] = []  # a client (one connection) each: httpx's pool is slow when large
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def click() -> None:
+        client = idle.pop() if idle else httpx.AsyncClient(base_url=base_url, cookies=cookies, timeout=30,
+                                                             verify=SSL_CONTEXT)
+        started = time.monotonic()
+        try:
+            try:
+                response = await client.get("/api/cart")
+            except (httpx.RemoteProtocolError, httpx.ReadError) as closed:
+                # As browser_like (tests.farm.users) does: an nginx reload (the health loop's) closes
+                # idle kept-alive connections, and a request that met one is sent again.
+                if "without sending a response" not in str(closed) and "reset by peer" not in str(closed):
+                    raise
+                response = await client.get("/api/cart")
+        except httpx.HTTPError as error:
+            seen.answers.append(Answer("crowd", started, time.monotonic() - started, 0, httpx.Headers(), repr(error)))
+            await client.aclose()
+            return
+        seen.answers.append(Answer("crowd", started, time.monotonic() - started, response.status_code,
+                                   response.headers, response.text))
+        idle.append(client)
+
+    while not stop.is_set():
+        task = asyncio.create_task(click())
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        await asyncio.sleep(1 / CROWD_RATE)
+    await asyncio.gather(*in_flight)
+    for client in idle:
+        await client.aclose()
+
+
+@contextmanager
+def users_during(farm: NativeFarm) -> Iterator[tuple[Seen, Seen, httpx.Cookies]]:
+    """The signed-in user and the crowd at work until the block ends; yields what each saw and the user's cookies."""
+    user, crowd, stop = Seen(), Seen(), threading.Event()
+    base = farm.config.balancer_url
+    with client_from(base) as client:
+        client.timeout = httpx.Timeout(30)
+        assert client.post("/api/register", json={"username": (name := new_username()), "password": PASSWORD}) \
+            .status_code == 201
+        assert client.post("/api/login", json={"username": name, "password": PASSWORD}).status_code == 200
+        threads = [threading.Thread(target=user_loop, args=(client, user, stop), daemon=True),
+                   threading.Thread(target=lambda: asyncio.run(crowd_loop(base, client.cookies, crowd, stop)),
+                                    daemon=True)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        try:
+            yield user, crowd, client.cookies
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+
+
+def readyz_while_faulty(farm: NativeFarm) -> list[tuple[int, float]]:
+    answers = []
+    for inst in farm.config.web:
+        started = time.monotonic()
+        status = httpx.get(f"{inst.url}/readyz", timeout=5).status_code
+        answers.append((status, time.monotonic() - started))
+    return answers
+
+
+def assert_bounded_through(farm: NativeFarm, fault: Callable[[], AbstractContextManager[None]]) -> None:
+    """Users at work before, during and after `fault`: what they saw, and what /readyz said during it."""
+    with users_during(farm) as (user, crowd, cookies):
+        with fault():
+            time.sleep(0.5)
+            ready = readyz_while_faulty(farm)
+        back = time.monotonic()
+        time.sleep(1.5)
+    answers = user.answers + crowd.answers
+    during = [a for a in answers if a.started < back]
+    after = [a for a in user.answers if a.started > back]
+    first_after = {what: next(a for a in after if a.what == what) for what in ("me", "cart", "add")}
+    with httpx.Client(base_url=farm.config.balancer_url, cookies=cookies) as client:
+        cart = client.get("/api/cart").json()["items"]
+    print(f"{len(answers)} answers, {sum(a.status == 503 for a in answers)} 503; slowest "
+          f"{max(a.seconds for a in answers):.2f} s (user {max(a.seconds for a in user.answers):.2f} s); "
+          f"first after: { {w: (a.status, round(a.seconds, 3)) for w, a in first_after.items()} }; /readyz {ready}; "
+          f"cart {cart}, {user.confirmed_adds} adds confirmed")
+    assert all(status == 503 and seconds < READY_BOUND_S for status, seconds in ready), ready
+    assert sum(a.status == 503 for a in during) > 0  # the fault was real
+    for a in answers:
+        assert a.seconds < ANSWER_BOUND_S, a
+        assert a.status in (200, 503), a
+        assert a.headers.get("x-served-by"), a  # the app's answer, never nginx's "no instance available"
+        if a.status == 503:
+            assert json.loads(a.body) == STORE_UNAVAILABLE, a
+            assert a.headers["retry-after"] == "1", a
+    assert all(a.status == 200 and a.seconds < 1 for a in first_after.values()), first_after
+    assert all(a.status == 200 for a in answers if a.started > back + 0.5)
+    assert cart == {"plum": user.confirmed_adds}  # every add confirmed, none applied twice
+
+
+@contextmanager
+def redis_hung(farm: NativeFarm, seconds: float) -> Iterator[None]:
+    """SIGSTOP: Redis keeps its sockets (the kernel even completes new connections) and answers nothing."""
+    farm.kill("redis", "STOP")
+    stopped = time.monotonic()
+    try:
+        yield
+        time.sleep(max(0.0, stopped + seconds - time.monotonic()))
+    finally:
+        farm.kill("redis", "CONT")
+
+
+def test_a_hung_redis_gets_bounded_answers_and_an_immediate_recovery(farm: NativeFarm) -> None:
+    assert_bounded_through(farm, lambda: redis_hung(farm, 5))
+
+
+def test_a_redis_stalled_by_a_long_command_gets_bounded_answers_and_an_immediate_recovery(farm: NativeFarm) -> None:
+    assert_bounded_through(farm, lambda: redis_blocked(farm, 3))
