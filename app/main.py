@@ -10,9 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from app import api, pages, redis_client
 from app.admission import Admission, Busy
@@ -43,6 +41,7 @@ def make_session_store(settings: Settings, redis: Redis) -> SessionStore:
         redis, settings.key_prefix, limits,
         # Behind Sentinel a login waits until the replica has the session too (see RedisSessionStore).
         replicas_to_wait=1 if settings.redis_sentinels else 0, wait_timeout_ms=settings.redis_wait_timeout_ms,
+        lane_size=settings.redis_max_connections,
     )
     if settings.session_near_cache_s > 0:
         # The subscription gets a client of its own that never retries (see NearCache).
@@ -107,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(pages.forms)
     # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(api.WhoAmIMiddleware)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(RequestLimitsMiddleware, max_body=settings.max_body_bytes, max_headers=settings.max_headers,
                        max_header_bytes=settings.max_header_bytes)
@@ -123,9 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RedisError)
     async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
-        log.warning("session store unavailable: %s: %s", type(exc).__name__, exc)
-        if isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError):
-            await redis_client.forget_primary(request.app.state.redis)
+        await redis_client.store_failed(request.app.state.redis, exc)
         return JSONResponse({"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Busy)

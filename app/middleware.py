@@ -5,6 +5,7 @@ import asyncio
 import hmac
 import json
 import logging
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,8 +24,10 @@ PROXY_HEADER = b"x-webfarm-proxy"
 STORE_UNAVAILABLE = "session store unavailable"
 
 
-async def send_json(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+async def send_json(send: Send, status: int, content: str | dict[str, Any],
+                    headers: dict[str, str] | None = None) -> None:
+    """A JSON answer without a Response object; a string is sent as the API's {"detail": ...}."""
+    body = json.dumps({"detail": content} if isinstance(content, str) else content, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())]})

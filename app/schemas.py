@@ -22,7 +22,11 @@ class Me(BaseModel):
     served_by: str
     session_created_on: str
     session_created_at: str = Field(description="ISO 8601, UTC")
-    requests_in_session: int
+    requests_in_session: int | None = Field(
+        description="Requests this session has made, this one included: exact (counted in Redis by every "
+                    "instance) when the near cache is off (SESSION_NEAR_CACHE_S=0); null when it is on, since "
+                    "instances then count on their own and write behind once a second, and a number read "
+                    "through round-robin would step backwards")
 
 
 class CartItem(BaseModel):

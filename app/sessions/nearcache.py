@@ -64,6 +64,7 @@ class NearCache(SessionStore):
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:
+        await self.store.__aenter__()
         self._running = True
         self._tasks = [asyncio.create_task(self.listen()), asyncio.create_task(self._run_flusher())]
         return self
@@ -79,6 +80,7 @@ class NearCache(SessionStore):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.__aexit__(exc_type, exc, tb)
 
     # -- the store interface -----------------------------------------------------------------
     async def epoch(self, username: str) -> int:

@@ -6,9 +6,11 @@ and unable to resurrect a session that a logout on another instance deleted."""
 
 import logging
 import time
+from types import TracebackType
 
 from redis.asyncio import Redis
 
+from app.redis_client import Lane
 from app.sessions.base import CartAdd, CartFull, CartRefused, Limits, Session, SessionKey, SessionStore
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,10 @@ class RedisSessionStore(SessionStore):
     Sentinel); the login succeeds either way."""
 
     def __init__(self, redis: Redis, prefix: str, limits: Limits, replicas_to_wait: int = 0,
-                 wait_timeout_ms: int = 200) -> None:
+                 wait_timeout_ms: int = 200, lane_size: int = 64) -> None:
         super().__init__(limits)
         self.redis = redis
+        self.lane = Lane(redis, lane_size)  # every authenticated request's one round trip
         self.prefix = prefix
         self.replicas_to_wait = replicas_to_wait
         self.wait_timeout_ms = wait_timeout_ms
@@ -104,6 +107,10 @@ class RedisSessionStore(SessionStore):
         self._epoch_prefix = f"{prefix}:user-epoch:"
         self._create = redis.register_script(_CREATE)
         self._touch = redis.register_script(_TOUCH)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.lane.close()
 
     def key(self, sid: str) -> str:
         return f"{self.prefix}:session:{sid}"
@@ -138,8 +145,9 @@ class RedisSessionStore(SessionStore):
         field, qty = (CART_PREFIX + add.sku, add.qty) if add else ("", 0)
         if add and add.request_id:
             keys.append(f"{self.prefix}:applied:{key.id}:{add.request_id}")
-        reply = await self._touch(keys, [key.id, self.limits.idle_ms, self.limits.absolute_ms, requests, field, qty,
-                                         self.limits.max_cart_items, self.limits.max_item_qty, self._epoch_prefix])
+        reply = await self.lane.run(self._touch, keys, [
+            key.id, self.limits.idle_ms, self.limits.absolute_ms, requests, field, qty,
+            self.limits.max_cart_items, self.limits.max_item_qty, self._epoch_prefix])
         if not reply:
             return None
         status, *record = reply

@@ -107,10 +107,11 @@ def test_a_short_hang_costs_the_rotation_but_not_the_process(gray_farm: NativeFa
     farm = gray_farm
     pid = farm.kill("web3", "STOP")
     try:
-        assert wait_until(lambda: farm.out_of_rotation() == {"web3": "timeout"}, 5, interval_s=0.05)
+        assert wait_until(lambda: farm.out_of_rotation() == {"web3": "timeout"}, 5, interval_s=0.05), \
+            farm.out_of_rotation()
     finally:
         farm.kill("web3", "CONT")
-    assert wait_until(lambda: not farm.out_of_rotation(), 5, interval_s=0.05)
+    assert wait_until(lambda: not farm.out_of_rotation(), 8, interval_s=0.05), farm.out_of_rotation()
     assert farm.pid("web3") == pid  # back in rotation, not restarted: it answered again before 10 s
 
 
