@@ -69,10 +69,10 @@ compare: prereqs $(VENV)/.installed ## the same load test under in-proc, sticky 
 	$(PY) -m loadtest compare
 
 .PHONY: bench
-bench: $(VENV)/.installed ## wrk: balancer, session layer, Redis vs in-proc, scaling, peers (ROUNDS=3 DURATION=3s CONNECTIONS=16 N=3)
+bench: $(VENV)/.installed ## wrk: balancer, both session modes, Redis commands and CPU per request, peers, latency at RATE (ROUNDS=3 DURATION=3s CONNECTIONS=16 N=3 RATE=1000)
 	@farmctl/prereqs.sh nginx redis-server wrk
 	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
-		$(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(N),--instances $(N))
+		$(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(N),--instances $(N)) $(if $(RATE),--rate $(RATE))
 
 .PHONY: manifests
 manifests: $(VENV)/.installed ## re-render k8s/base/nginx.conf from nginx/nginx.conf.j2

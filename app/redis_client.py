@@ -157,7 +157,7 @@ class Lane:
                 return await script(keys, args)
             try:
                 if not conn.is_connected:
-                    await conn.connect()  # not left to send_command: behind Sentinel this asks for the primary
+                    await conn.connect()  # type: ignore[no-untyped-call]  # not left to send_command: behind Sentinel this asks for the primary
                 await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 reply = await conn.read_response()
             except NoScriptError:

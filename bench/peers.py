@@ -1,17 +1,21 @@
 """The nearest libraries, doing what our /api/me does, for a like-for-like comparison.
 
-Two tiny FastAPI apps (FastAPI like ours, so the difference is the session layer), each with
+Three tiny FastAPI apps (FastAPI like ours, so the difference is the session layer), each with
 POST /api/login that starts a session (no accounts: only /api/me is measured) and GET /api/me
 that reads it, counts the request and slides the expiry - our /api/me's work:
 
 - ``starsessions_app``: starsessions' SessionMiddleware with its RedisStore (a JSON blob per
   session; a GET and a SET per request);
+- ``getset_app``: ``RedisSessionMiddleware`` below, the simplest honest "sessions in Redis": a
+  GET of a JSON blob by cookie and a SET of it with the idle TTL, per request;
 - ``cookie_app``: Starlette's SessionMiddleware, the session signed into the cookie itself (no
   store at all, so no server-side logout).
 
 Run with uvicorn's --factory, like the farm's instances; REDIS_URL names the Redis."""
 
+import json
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +24,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from redis.asyncio import Redis
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.sessions import SessionMiddleware as CookieSessionMiddleware
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starsessions import SessionMiddleware, load_session
 from starsessions.stores.redis import RedisStore
 
@@ -88,4 +95,57 @@ def cookie_app() -> FastAPI:
     _routes(app, load)
     app.add_middleware(CookieSessionMiddleware, secret_key=os.environ.get("SESSION_SECRET", "bench-only-secret"),
                        session_cookie=COOKIE, max_age=IDLE_TIMEOUT_S, https_only=False)
+    return app
+
+
+class RedisSessionMiddleware:
+    """Pure ASGI: GET the session (JSON) by its cookie before the app runs, SET it back with the idle
+    TTL when the answer starts - every request, which also slides the expiry. No script, no index,
+    no revocation beyond deleting the key: two round trips per request, nothing else."""
+
+    def __init__(self, app: ASGIApp, redis: Redis, prefix: str, ttl_s: int, cookie: str) -> None:
+        self.app, self.redis, self.prefix, self.ttl_s, self.cookie = app, redis, prefix, ttl_s, cookie
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sid = HTTPConnection(scope).cookies.get(self.cookie)
+        stored = await self.redis.get(self.prefix + sid) if sid else None
+        scope["session"] = json.loads(stored) if stored else {}
+
+        async def send_with_session(message: Message) -> None:
+            nonlocal sid
+            if message["type"] == "http.response.start":
+                session = scope["session"]
+                if session:
+                    fresh = stored is None
+                    sid = secrets.token_urlsafe(32) if fresh or sid is None else sid
+                    await self.redis.set(self.prefix + sid, json.dumps(session), ex=self.ttl_s)
+                    if fresh:
+                        MutableHeaders(scope=message).append(
+                            "set-cookie", f"{self.cookie}={sid}; Max-Age={self.ttl_s}; Path=/; HttpOnly; SameSite=Lax")
+                elif stored is not None and sid:
+                    await self.redis.delete(self.prefix + sid)
+            await send(message)
+
+        await self.app(scope, receive, send_with_session)
+
+
+def getset_app() -> FastAPI:
+    """A plain Redis GET/SET per request (RedisSessionMiddleware)."""
+    redis = Redis.from_url(os.environ["REDIS_URL"])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await redis.aclose()
+
+    async def load(request: Request) -> None:
+        return None  # the middleware has already read the session
+
+    app = FastAPI(title="Redis GET/SET peer", lifespan=lifespan)
+    _routes(app, load)
+    app.add_middleware(RedisSessionMiddleware, redis=redis, prefix="bench-getset:", ttl_s=IDLE_TIMEOUT_S,
+                       cookie=COOKIE)
     return app

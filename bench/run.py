@@ -1,9 +1,12 @@
-"""Start what is measured (a farm, a farm with in-process sessions, the peer libraries), then
-measure every configuration with wrk, round after round, in alternating order."""
+"""Start what is measured (a farm in each session mode, a farm with in-process sessions, the peer
+libraries), then measure every configuration with wrk, round after round, in alternating order;
+each round also has an idle window (what Redis does on its own) and the open-loop measurements
+at a fixed rate."""
 
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -11,9 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+from redis import Redis
 
 from bench.cpu import CpuUse, children, cpu_use, snapshot
-from bench.wrk import WrkResult, run_wrk
+from bench.openloop import OpenLoopResult, run_openloop
+from bench.redisstats import Calls, Counts, calls, delta
+from bench.wrk import WrkResult, duration_seconds, run_wrk
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
 from farmctl.native import NativeFarm
@@ -22,8 +28,27 @@ from farmctl.runtime import FarmError
 from farmctl.wait import answers, wait_until
 
 DEMO_CREDENTIALS = {"username": "demo", "password": "demo-password"}
-#: name -> uvicorn factory of the peer apps in bench/peers.py
-PEERS = {"starsessions": "bench.peers:starsessions_app", "starlette-cookie": "bench.peers:cookie_app"}
+#: The session modes of the farm: the instances' environment for each. `near`: as shipped (a near
+#: cache of identities in front of Redis); `exact`: no near cache, one Redis round trip per request.
+MODES: dict[str, dict[str, str]] = {"near": {}, "exact": {"SESSION_NEAR_CACHE_S": "0"}}
+
+
+@dataclass(frozen=True)
+class PeerApp:
+    factory: str  # uvicorn factory in bench/peers.py
+    versus: str  # the mode of ours it is compared with, like for like: a store round trip per request or none
+
+
+PEERS = {"starsessions": PeerApp("bench.peers:starsessions_app", "exact"),
+         "redis-getset": PeerApp("bench.peers:getset_app", "exact"),
+         "starlette-cookie": PeerApp("bench.peers:cookie_app", "near")}
+#: The farm whose Redis the peers use (their own processes aside, they share its Redis).
+PEER_FARM = "exact"
+
+
+def farm_of(system: str) -> str:
+    """The farm whose processes (Redis at least) serve `system`: itself, or PEER_FARM for a peer."""
+    return PEER_FARM if system in PEERS else system
 
 
 class BenchError(RuntimeError):
@@ -32,7 +57,8 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class BenchSpec:
-    """What to run: `rounds` x every configuration, each for `duration` (wrk's format: 3s, 1m)."""
+    """What to run: `rounds` x every configuration, each for `duration` (wrk's format: 3s, 1m), and
+    the open-loop measurements at `rate` requests/s for as long."""
 
     rounds: int = 3
     duration: str = "3s"
@@ -40,57 +66,93 @@ class BenchSpec:
     threads: int = 1
     instances: int = 3
     warmup: str = "1s"  # one unrecorded pass over every configuration first; "0" for none
+    rate: float = 1000.0
     out: Path = PROJECT_ROOT / "reports" / "bench"
     state_root: Path = PROJECT_ROOT / ".farm"
 
 
 @dataclass(frozen=True)
 class Target:
-    """One configuration: a URL hit by wrk, and how many instances nginx balances over (None: no nginx)."""
+    """One configuration: a URL hit by wrk, served by `system` (a farm: near, exact, memory; or a
+    peer's name), and how many instances nginx balances over (None: no nginx)."""
 
     key: str
     label: str
+    system: str
     url: str
     headers: tuple[str, ...] = ()
     active: int | None = None
     connections: int | None = None  # None: the spec's
+    fixed_rate: bool = False  # also measured open loop at the spec's rate
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One wrk run: its figures, the CPU it cost, and Redis's calls per command meanwhile (raw: the
+    background is subtracted in the report, from every idle window of the run)."""
+
     wrk: WrkResult
     cpu: CpuUse
+    redis_calls: Counts
+    redis_seconds: float
+
+
+@dataclass
+class Measurements:
+    todo: list[Target]
+    samples: dict[str, list[Sample]]
+    fixed_rate: dict[str, list[OpenLoopResult]]
+    #: system -> (calls per command, seconds) of each idle window of its Redis
+    idle: dict[str, list[tuple[Counts, float]]]
+
+
+@dataclass(frozen=True)
+class Peer:
+    url: str
+    pid: int
 
 
 @dataclass
 class Stage:
-    """Everything started for the bench, and the pids to account CPU to."""
+    """Everything started for the bench, and what to account a measurement's work to."""
 
-    farm: NativeFarm
-    memory_farm: NativeFarm
-    peer_urls: dict[str, str] = field(default_factory=dict)
-    peer_pids: list[int] = field(default_factory=list)
+    farms: dict[str, NativeFarm]  # near, exact, memory
+    peers: dict[str, Peer] = field(default_factory=dict)
+    _redis: dict[str, Redis] = field(default_factory=dict)
 
-    def cpu_groups(self) -> dict[str, list[int]]:
-        app, nginx, redis = list(self.peer_pids), [], []
-        for farm in (self.farm, self.memory_farm):
-            instances = set(farm.instance_names())
-            for proc in farm.status():
-                if proc.name in instances:
-                    app.append(proc.pid)
-                elif proc.name == "nginx":
-                    nginx += [proc.pid, *children(proc.pid)]
-                elif proc.name.startswith(("redis", "sentinel")):
-                    redis.append(proc.pid)
+    def cpu_groups(self, system: str) -> dict[str, list[int]]:
+        """The processes that serve `system`: its app process(es), its nginx (and workers), its Redis."""
+        farm = self.farms[farm_of(system)]
+        instances = set(farm.instance_names())
+        app, nginx, redis = [], [], []
+        for proc in farm.status():
+            if proc.name in instances:
+                app.append(proc.pid)
+            elif proc.name == "nginx":
+                nginx += [proc.pid, *children(proc.pid)]
+            elif proc.name.startswith("redis"):
+                redis.append(proc.pid)
+        if system in self.peers:
+            app, nginx = [self.peers[system].pid], []
         return {"app": app, "nginx": nginx, "redis": redis}
+
+    def redis(self, system: str) -> Redis:
+        name = farm_of(system)
+        if name not in self._redis:
+            self._redis[name] = Redis.from_url(self.farms[name].config.redis_url, socket_timeout=5)
+        return self._redis[name]
+
+    def close(self) -> None:
+        for client in self._redis.values():
+            client.close()
 
 
 def bench_farm(name: str, instances: int, session_backend: Literal["redis", "memory"],
-               state_root: Path) -> FarmConfig:
+               state_root: Path, env: dict[str, str] | None = None) -> FarmConfig:
     """The config of a bench farm: no HTTPS, free ports, a fresh state dir (one left behind by an
     interrupted run is stopped and removed first)."""
     config = FarmConfig(instances=instances, https_port=0, session_backend=session_backend, redis_mode="single",
-                        balance="round_robin", demo_controls=False,
+                        balance="round_robin", demo_controls=False, extra_env=env or {},
                         state_dir=state_root / f"bench-{name}").on_free_ports()
     open_farm(config, "native").down()
     shutil.rmtree(config.state_dir, ignore_errors=True)
@@ -98,8 +160,8 @@ def bench_farm(name: str, instances: int, session_backend: Literal["redis", "mem
 
 
 @contextmanager
-def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iterator[tuple[str, int]]:
-    """One peer app under uvicorn with the farm instances' flags (python -m app); yields (url, pid)."""
+def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iterator[Peer]:
+    """One peer app under uvicorn with the farm instances' flags (python -m app)."""
     port = free_port_block(1)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
@@ -114,7 +176,7 @@ def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iter
         if not wait_until(lambda: proc.poll() is not None or answers(f"{url}/healthz"), 30) \
                 or proc.poll() is not None:
             raise BenchError(f"peer {name} did not start:\n{log.read_text()[-2000:]}")
-        yield url, proc.pid
+        yield Peer(url, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -122,7 +184,6 @@ def running_peer(name: str, factory: str, redis_url: str, log_dir: Path) -> Iter
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
 
 
 def login(base_url: str, timeout_s: float = 30) -> str:
@@ -152,83 +213,117 @@ def login(base_url: str, timeout_s: float = 30) -> str:
 
 def targets(stage: Stage, instances: int) -> list[Target]:
     """Every configuration, grouped so that nginx is reconfigured as seldom as possible."""
-    web1, lb = stage.farm.config.web[0].url, stage.farm.config.balancer_url
-    cookie = login(lb)
-    memory_web1 = stage.memory_farm.config.web[0].url
+    n = instances
+    near, exact, memory = (stage.farms[name].config for name in ("near", "exact", "memory"))
+    cookie = {"near": login(near.balancer_url), "exact": login(exact.balancer_url)}
+    web1 = near.web[0].url
     direct = [
-        Target("direct/healthz", "web1 direct, GET /healthz", f"{web1}/healthz"),
-        Target("direct-1conn/healthz", "web1 direct, GET /healthz, 1 connection", f"{web1}/healthz",
+        Target("direct/healthz", "web1 direct, GET /healthz", "near", f"{web1}/healthz", fixed_rate=True),
+        Target("direct-1conn/healthz", "web1 direct, GET /healthz, 1 connection", "near", f"{web1}/healthz",
                connections=1),
-        Target("direct/me", "web1 direct, GET /api/me (Redis sessions)", f"{web1}/api/me", (cookie,)),
-        Target("direct-memory/me", "web1 direct, GET /api/me (in-process sessions)", f"{memory_web1}/api/me",
-               (login(memory_web1),)),
-        *(Target(f"{name}/me", f"{name}, GET /api/me", f"{url}/api/me", (login(url),))
-          for name, url in stage.peer_urls.items()),
+        Target("direct-memory/me", "web1 direct, GET /api/me, in-process sessions", "memory",
+               f"{memory.web[0].url}/api/me", (login(memory.web[0].url),)),
+        Target("direct-exact/me", "web1 direct, GET /api/me, exact", "exact", f"{exact.web[0].url}/api/me",
+               (cookie["exact"],), fixed_rate=True),
+        Target("direct-near/me", "web1 direct, GET /api/me, near cache", "near", f"{web1}/api/me",
+               (cookie["near"],), fixed_rate=True),
+        *(Target(f"{name}/me", f"{name}, GET /api/me", name, f"{peer.url}/api/me", (login(peer.url),),
+                 fixed_rate=True) for name, peer in stage.peers.items()),
     ]
-    balanced = [Target("nginx-1-1conn/healthz", "nginx -> 1 instance, GET /healthz, 1 connection",
-                       f"{lb}/healthz", active=1, connections=1)]
-    for k in range(1, instances + 1):
+    balanced = [Target("nginx-1-1conn/healthz", "nginx -> 1 instance, GET /healthz, 1 connection", "near",
+                       f"{near.balancer_url}/healthz", active=1, connections=1)]
+    for k in range(1, n + 1):
         balanced += [
-            Target(f"nginx-{k}/healthz", f"nginx -> {k} instance(s), GET /healthz", f"{lb}/healthz", active=k),
-            Target(f"nginx-{k}/me", f"nginx -> {k} instance(s), GET /api/me", f"{lb}/api/me", (cookie,), active=k),
+            Target(f"nginx-{k}/healthz", f"nginx -> {k} instance(s), GET /healthz", "near",
+                   f"{near.balancer_url}/healthz", active=k),
+            Target(f"nginx-{k}/me", f"nginx -> {k} instance(s), GET /api/me, near cache", "near",
+                   f"{near.balancer_url}/api/me", (cookie["near"],), active=k, fixed_rate=k == n),
         ]
+    balanced += [
+        Target(f"exact-nginx-{n}/healthz", f"nginx -> {n} instance(s), GET /healthz, exact farm", "exact",
+               f"{exact.balancer_url}/healthz", active=n),
+        Target(f"exact-nginx-{n}/me", f"nginx -> {n} instance(s), GET /api/me, exact", "exact",
+               f"{exact.balancer_url}/api/me", (cookie["exact"],), active=n, fixed_rate=True),
+    ]
     return direct + balanced
 
 
 def measure(spec: BenchSpec, stage: Stage, target: Target, duration: str) -> Sample:
-    groups = stage.cpu_groups()
-    before = snapshot(groups)
+    groups = stage.cpu_groups(target.system)
+    redis = stage.redis(target.system)
+    calls_before, before = calls(redis), snapshot(groups)
     connections = target.connections or spec.connections
     result = run_wrk(target.url, duration, connections, min(spec.threads, connections), target.headers)
-    return Sample(result, cpu_use(before, snapshot(groups), result.requests))
+    after, calls_after = snapshot(groups), calls(redis)
+    counted, seconds = delta(calls_before, calls_after)
+    return Sample(result, cpu_use(before, after, result.requests), counted, seconds)
 
 
-def run_rounds(spec: BenchSpec, stage: Stage, todo: list[Target]) -> dict[str, list[Sample]]:
-    """Every target once per round; odd rounds in reverse order, so drift over time
-    (a noisy neighbour, a warming cache) does not always favour the same configuration."""
-    farm = stage.farm
-    active = farm.config.instances
+def idle_window(stage: Stage, duration: str) -> dict[str, tuple[Counts, float]]:
+    """Nothing measured for `duration`: what each farm's Redis does on its own."""
+    before: dict[str, Calls] = {name: calls(stage.redis(name)) for name in stage.farms}
+    time.sleep(duration_seconds(duration))
+    return {name: delta(before[name], calls(stage.redis(name))) for name in stage.farms}
+
+
+def run_rounds(spec: BenchSpec, stage: Stage, todo: list[Target]) -> Measurements:
+    """Every target once per round, then the open-loop ones, after an idle window; odd rounds in
+    reverse order, so drift over time (a noisy neighbour, a warming cache) does not always favour
+    the same configuration."""
+    active = {name: farm.config.instances for name, farm in stage.farms.items()}
 
     def route(target: Target) -> None:
-        nonlocal active
-        if target.active is not None and target.active != active:
+        farm = stage.farms.get(target.system)
+        if farm is not None and target.active is not None and target.active != active[target.system]:
             farm.set_draining({i.name for i in farm.config.web[target.active:]})
-            active = target.active
+            active[target.system] = target.active
 
     if spec.warmup not in ("", "0", "0s"):
         print(f"warm-up: {len(todo)} configurations x {spec.warmup}", flush=True)
         for target in todo:
             route(target)
             measure(spec, stage, target, spec.warmup)
-    samples: dict[str, list[Sample]] = {t.key: [] for t in todo}
+    found = Measurements(todo, {t.key: [] for t in todo}, {t.key: [] for t in todo if t.fixed_rate},
+                         {name: [] for name in stage.farms})
+    open_loop = [t for t in todo if t.fixed_rate]
+    seconds = duration_seconds(spec.duration)
     for number in range(spec.rounds):
         order = todo if number % 2 == 0 else todo[::-1]
-        print(f"round {number + 1}/{spec.rounds}: {len(order)} configurations x {spec.duration}", flush=True)
+        print(f"round {number + 1}/{spec.rounds}: idle window, {len(order)} configurations x {spec.duration}, "
+              f"{len(open_loop)} at {spec.rate:g} req/s", flush=True)
+        for name, window in idle_window(stage, spec.duration).items():
+            found.idle[name].append(window)
         for target in order:
             route(target)
             sample = measure(spec, stage, target, spec.duration)
-            samples[target.key].append(sample)
-            print(f"  {target.label:<52} {sample.wrk.rps:>9.0f} req/s  p99 {sample.wrk.p99_ms:6.1f} ms", flush=True)
-    return samples
+            found.samples[target.key].append(sample)
+            print(f"  {target.label:<56} {sample.wrk.rps:>9.0f} req/s  p99 {sample.wrk.p99_ms:6.1f} ms", flush=True)
+        for target in open_loop if number % 2 == 0 else open_loop[::-1]:
+            route(target)
+            fixed = run_openloop(target.url, spec.rate, seconds, target.headers)
+            found.fixed_rate[target.key].append(fixed)
+            print(f"  {target.label:<56} {fixed.achieved_rps:>9.0f} req/s  p50 {fixed.p50_ms:6.2f} ms  "
+                  f"p99 {fixed.p99_ms:6.2f} ms (open loop)", flush=True)
+    return found
 
 
-def run_bench(spec: BenchSpec) -> tuple[list[Target], dict[str, list[Sample]]]:
+def run_bench(spec: BenchSpec) -> Measurements:
     """Bring everything up, measure, bring everything down (also on failure)."""
-    if spec.rounds < 1 or spec.instances < 1 or spec.connections < spec.threads:
-        raise BenchError("need rounds >= 1, instances >= 1 and connections >= threads")
+    if spec.rounds < 1 or spec.instances < 1 or spec.connections < spec.threads or spec.rate <= 0:
+        raise BenchError("need rounds >= 1, instances >= 1, connections >= threads and rate > 0")
     with ExitStack() as stack:
+        farms: dict[str, NativeFarm] = {}
         try:
-            farm = stack.enter_context(
-                running_farm(bench_farm("redis", spec.instances, "redis", spec.state_root), "native"))
-            memory = stack.enter_context(running_farm(bench_farm("memory", 1, "memory", spec.state_root), "native"))
+            for mode, env in MODES.items():
+                farms[mode] = stack.enter_context(running_farm(
+                    bench_farm(mode, spec.instances, "redis", spec.state_root, env), "native"))
+            farms["memory"] = stack.enter_context(
+                running_farm(bench_farm("memory", 1, "memory", spec.state_root), "native"))
         except FarmError as exc:
             raise BenchError(str(exc)) from None
-        stage = Stage(farm, memory)
-        for name, factory in PEERS.items():
-            url, pid = stack.enter_context(
-                running_peer(name, factory, farm.config.redis_url, spec.state_root / "bench-peers"))
-            stage.peer_urls[name] = url
-            stage.peer_pids.append(pid)
-        todo = targets(stage, spec.instances)
-        return todo, run_rounds(spec, stage, todo)
-
+        stage = Stage(farms)
+        stack.callback(stage.close)
+        for name, peer in PEERS.items():
+            stage.peers[name] = stack.enter_context(
+                running_peer(name, peer.factory, farms[PEER_FARM].config.redis_url, spec.state_root / "bench-peers"))
+        return run_rounds(spec, stage, targets(stage, spec.instances))

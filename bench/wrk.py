@@ -31,6 +31,14 @@ def _ms(text: str) -> float:
     return float(match[1]) * _UNITS_MS[match[2]]
 
 
+def duration_seconds(text: str) -> float:
+    """wrk's duration format (3s, 500ms, 1m; a bare number is seconds) in seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        return _ms(text) / 1000
+
+
 def _find(pattern: str, output: str) -> re.Match[str]:
     match = re.search(pattern, output, re.M)
     if match is None:
