@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -66,19 +66,24 @@ def _routes(app: FastAPI, load: Callable[[Request], Any]) -> None:
         )
 
 
-def starsessions_app() -> FastAPI:
-    """starsessions + RedisStore, rolling expiry like ours."""
-    redis = Redis.from_url(os.environ["REDIS_URL"])
-
+def closing(redis: Redis) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A lifespan that closes the peer's Redis client at shutdown."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await redis.aclose()
 
+    return lifespan
+
+
+def starsessions_app() -> FastAPI:
+    """starsessions + RedisStore, rolling expiry like ours."""
+    redis = Redis.from_url(os.environ["REDIS_URL"])
+
     async def load(request: Request) -> None:
         await load_session(request)
 
-    app = FastAPI(title="starsessions peer", lifespan=lifespan)
+    app = FastAPI(title="starsessions peer", lifespan=closing(redis))
     _routes(app, load)
     app.add_middleware(SessionMiddleware, store=RedisStore(connection=redis, prefix="bench-starsessions:"),
                        lifetime=IDLE_TIMEOUT_S, rolling=True, cookie_name=COOKIE, cookie_https_only=False)
@@ -136,15 +141,10 @@ def getset_app() -> FastAPI:
     """A plain Redis GET/SET per request (RedisSessionMiddleware)."""
     redis = Redis.from_url(os.environ["REDIS_URL"])
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await redis.aclose()
-
     async def load(request: Request) -> None:
         return None  # the middleware has already read the session
 
-    app = FastAPI(title="Redis GET/SET peer", lifespan=lifespan)
+    app = FastAPI(title="Redis GET/SET peer", lifespan=closing(redis))
     _routes(app, load)
     app.add_middleware(RedisSessionMiddleware, redis=redis, prefix="bench-getset:", ttl_s=IDLE_TIMEOUT_S,
                        cookie=COOKIE)
