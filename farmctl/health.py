@@ -86,11 +86,12 @@ def probe(client: httpx.Client, url: str) -> Probe:
 
 def decide(instances: list[Instance], out: dict[str, str]) -> dict[str, str]:
     """The instances to hold out, with the reason: failing ones out, ready ones back in, the rest
-    as they were. Never every instance: with no ready one left, only the hung stay out; with
-    every one hung, none (a fault they share, and nginx still has its passive checks)."""
+    as they were. Never every instance: when all fail, only the hung stay out; when all hang,
+    none (a fault they share, and nginx still has its passive checks). One slow probe does not
+    count as failing (FALL in a row do), so it cannot bring a store-less instance back either."""
     held = {i.name: out[i.name] for i in instances if i.name in out and not i.ready()}
     held |= {i.name: str(reason) for i in instances if (reason := i.failing())}
-    if not any(i.recent and i.recent[-1] is Probe.READY for i in instances if i.name not in held):
+    if len(held) == len(instances):  # none left: a fault they share (Redis), not theirs
         held = {name: reason for name, reason in held.items() if reason == Probe.TIMEOUT}
     return held if len(held) < len(instances) else {}
 

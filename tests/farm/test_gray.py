@@ -127,6 +127,7 @@ def test_an_instance_cut_off_from_redis_leaves_the_rotation_and_comes_back(gray_
             # Really cut off (not just marked): web2 itself cannot reach the store, the others can.
             assert httpx.get(f"{farm.config.web[1].url}/readyz", timeout=3).status_code == 503
             assert httpx.get(f"{farm.config.web[0].url}/readyz", timeout=3).status_code == 200
+            time.sleep(1.6)  # a request web2 took before it left may take up to its 1.5 s deadline
             out_since = len(seen.requests)
             time.sleep(2)
             served_while_out = {r[3] for r in seen.requests[out_since:]}

@@ -49,3 +49,8 @@ def test_a_timeout_starts_the_liveness_clock_and_any_answer_stops_it() -> None:
     assert inst.silent_since == 1.0
     inst.saw(UNREADY, 3.0)
     assert inst.silent_since is None
+
+
+def test_one_slow_probe_elsewhere_does_not_bring_a_store_less_instance_back() -> None:
+    fleet = [instance("web1", READY, TIMEOUT), instance("web2", UNREADY, UNREADY), instance("web3", READY, UNREADY)]
+    assert decide(fleet, {"web2": "unready"}) == {"web2": "unready"}
