@@ -138,9 +138,12 @@ def test_an_instance_cut_off_from_redis_leaves_the_rotation_and_comes_back(gray_
     print(f"web2 cut off: out of rotation after {detected:.2f} s; {len(seen.requests)} requests, "
           f"failed {len(seen.failed('GET'))} GETs / {len(seen.failed('POST'))} POSTs")
     assert "web2" not in served_while_out
-    assert seen.failed("GET") == []
-    # Requests web2 took before it was out wait out its Redis timeouts and may be 503s ("store unavailable").
-    assert all(r[1] == 503 for r in seen.failed("POST"))
+    # Requests web2 took before it was out wait out its Redis timeouts and may be 503s ("store
+    # unavailable"; a GET of /api/me only once web2's near-cache entry is older than 2 s): web2's
+    # own answers, and only in the ~1 s before it left.
+    failed = seen.failed("GET") + seen.failed("POST")
+    assert all(r[1] == 503 and r[3] == "web2" for r in failed), failed
+    assert len(failed) <= 6
     assert seen.adds_confirmed <= seen.cart["plum"] <= seen.adds_confirmed + len(seen.failed("POST"))
 
 
