@@ -52,22 +52,29 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
-@pytest.fixture(scope="session")
+def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory) -> FarmFactory:
+    def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
+        # The tests register hundreds of users from 127.0.0.1; the tests of the limit set their own.
+        extra_env = {"REGISTER_MAX_PER_ADDRESS": "100000", **options.pop("extra_env", {})}  # type: ignore[dict-item]
+        config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
+                            extra_env=extra_env, **options)  # type: ignore[arg-type]
+        return stack.enter_context(running_farm(config.on_free_ports(spare), "native", start=start))
+
+    return start
+
+
+@pytest.fixture(scope="module")
 def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFactory]:
-    """Start farms on free ports (each in its own state dir); every one is stopped at the end.
+    """Start farms on free ports (each in its own state dir); each is stopped when the test module
+    that started it ends - idle farms must not pile up: every one has a health loop probing its
+    instances twice a second, and a module's timing would depend on what ran before it.
     `spare` free ports after the instances' leave room to scale up to instances + spare."""
     with ExitStack() as stack:
-        def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
-            # The tests register hundreds of users from 127.0.0.1; the tests of the limit set their own.
-            extra_env = {"REGISTER_MAX_PER_ADDRESS": "100000", **options.pop("extra_env", {})}  # type: ignore[dict-item]
-            config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
-                                extra_env=extra_env, **options)  # type: ignore[arg-type]
-            return stack.enter_context(running_farm(config.on_free_ports(spare), "native", start=start))
-
-        yield start
+        yield _starter(stack, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def farm(farm_factory: FarmFactory) -> NativeFarm:
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeFarm]:
     """The shared 3-instance farm with Redis sessions. Tests that break it must mend it."""
-    return farm_factory(3, demo_controls=True)
+    with ExitStack() as stack:
+        yield _starter(stack, tmp_path_factory)(3, demo_controls=True)
