@@ -7,9 +7,8 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 
@@ -19,20 +18,9 @@ import redis
 
 from farmctl.native import NativeFarm
 from tests.conftest import FarmFactory
-from tests.farm.users import PASSWORD, new_username
+from tests.farm.users import PASSWORD, client_from, new_username, redis_blocked, source_address
 
 pytestmark = pytest.mark.farm
-
-
-def source_address() -> str:
-    return f"127.0.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 2}"
-
-
-@contextmanager
-def client_from(base_url: str, address: str | None = None) -> Iterator[httpx.Client]:
-    transport = httpx.HTTPTransport(local_address=address or source_address())
-    with httpx.Client(base_url=base_url, transport=transport, timeout=15) as client:
-        yield client
 
 
 def register(client: httpx.Client, username: str, password: str = PASSWORD) -> None:
@@ -178,23 +166,6 @@ def test_a_password_change_ends_the_sessions_of_old_password_logins_in_flight(fa
             assert sessions_survive(base, in_flight) == []
             assert owner.get("/api/me").status_code == 200
     assert raced > 0
-
-
-@contextmanager
-def redis_blocked(farm: NativeFarm, seconds: float) -> Iterator[None]:
-    """Redis itself busy in a long Lua script: every other client waits, for real."""
-    def block() -> None:
-        with redis.Redis.from_url(farm.config.redis_url, socket_timeout=seconds + 5) as client:
-            client.eval("local t0 = tonumber(redis.call('TIME')[1]) "
-                        "while tonumber(redis.call('TIME')[1]) - t0 < tonumber(ARGV[1]) do end", 0, str(seconds))
-
-    blocker = threading.Thread(target=block)
-    blocker.start()
-    time.sleep(0.2)
-    try:
-        yield
-    finally:
-        blocker.join()
 
 
 def until_not_503(send: Callable[[], httpx.Response], deadline_s: float = 20) -> httpx.Response:

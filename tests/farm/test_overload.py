@@ -6,7 +6,6 @@ Retry-After (app/admission.py), so the user never notices, every instance stays 
 and small, and nginx never sees a timeout."""
 
 import asyncio
-import ssl
 import threading
 import time
 from collections import Counter
@@ -21,14 +20,12 @@ import redis
 
 from farmctl.native import NativeFarm
 from tests.conftest import FarmFactory
-from tests.farm.users import PASSWORD, browser_like, new_username, signed_in
+from tests.farm.users import PASSWORD, SSL_CONTEXT, browser_like, new_username, signed_in
 
 pytestmark = pytest.mark.farm
 
 STORM = 300
 MAX_RSS_MB = 300
-#: One for all the storm's clients: httpx would load the CA bundle for each (15 ms of CPU, times hundreds).
-SSL_CONTEXT = ssl.create_default_context()
 BUSY = "too busy, try again shortly"
 
 

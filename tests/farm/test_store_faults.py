@@ -10,7 +10,6 @@ handshake, the reply) used to add up past nginx's read timeout."""
 import asyncio
 import json
 import secrets
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +21,15 @@ import httpx
 import pytest
 
 from farmctl.native import NativeFarm
-from tests.farm.test_attacks import client_from, redis_blocked
-from tests.farm.users import PASSWORD, browser_like, new_username
+from tests.farm.users import (
+    PASSWORD,
+    SSL_CONTEXT,
+    browser_like,
+    client_from,
+    closed_unanswered,
+    new_username,
+    redis_blocked,
+)
 
 pytestmark = pytest.mark.farm
 
@@ -33,8 +39,6 @@ ANSWER_BOUND_S = 2.0
 READY_BOUND_S = 0.5
 CROWD_RATE = 400
 STORE_UNAVAILABLE = {"detail": "session store unavailable"}
-#: One for the crowd's clients: httpx would load the CA bundle for each (15 ms of CPU, times hundreds).
-SSL_CONTEXT = ssl.create_default_context()
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ async def crowd_loop(base_url: str, cookies: httpx.Cookies, seen: Seen, stop: th
             except (httpx.RemoteProtocolError, httpx.ReadError) as closed:
                 # As browser_like (tests.farm.users) does: an nginx reload (the health loop's) closes
                 # idle kept-alive connections, and a request that met one is sent again.
-                if "without sending a response" not in str(closed) and "reset by peer" not in str(closed):
+                if not closed_unanswered(closed):
                     raise
                 response = await client.get("/api/cart")
         except httpx.HTTPError as error:

@@ -1,13 +1,22 @@
-"""Signed-in HTTP clients for the farm tests."""
+"""What the farm tests share: signed-in clients, clients from an address of their own, a
+browser's resend of a request a closing connection never read, and a real Redis stall."""
 
 import secrets
+import ssl
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import redis
+
+from farmctl.native import NativeFarm
 
 PASSWORD = "correct-horse-battery"
+#: One for tests that open hundreds of clients: httpx would load the CA bundle for each (15 ms of CPU each).
+SSL_CONTEXT = ssl.create_default_context()
 
 
 def new_username(prefix: str = "t") -> str:
@@ -41,6 +50,41 @@ def browser_like(client: httpx.Client, method: str, url: str, **kwargs: Any) -> 
     try:
         return client.request(method, url, **kwargs), 0
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        if "without sending a response" not in str(exc) and "reset by peer" not in str(exc):
+        if not closed_unanswered(exc):
             raise
         return client.request(method, url, **kwargs), 1
+
+
+def closed_unanswered(exc: httpx.HTTPError) -> bool:
+    """The server closed the connection before a single byte of the answer: safe to send again."""
+    return "without sending a response" in str(exc) or "reset by peer" in str(exc)
+
+
+def source_address() -> str:
+    """A loopback address of a test's own (all of 127/8 is loopback on Linux): per-address limits
+    tripped by one test do not spill into others."""
+    return f"127.0.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 2}"
+
+
+@contextmanager
+def client_from(base_url: str, address: str | None = None) -> Iterator[httpx.Client]:
+    transport = httpx.HTTPTransport(local_address=address or source_address())
+    with httpx.Client(base_url=base_url, transport=transport, timeout=15) as client:
+        yield client
+
+
+@contextmanager
+def redis_blocked(farm: NativeFarm, seconds: float) -> Iterator[None]:
+    """Redis itself busy in a long Lua script: every other client waits, for real."""
+    def block() -> None:
+        with redis.Redis.from_url(farm.config.redis_url, socket_timeout=seconds + 5) as client:
+            client.eval("local t0 = tonumber(redis.call('TIME')[1]) "
+                        "while tonumber(redis.call('TIME')[1]) - t0 < tonumber(ARGV[1]) do end", 0, str(seconds))
+
+    blocker = threading.Thread(target=block)
+    blocker.start()
+    time.sleep(0.2)
+    try:
+        yield
+    finally:
+        blocker.join()
