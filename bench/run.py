@@ -23,7 +23,7 @@ from bench.wrk import WrkResult, duration_seconds, run_wrk
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
 from farmctl.native import NativeFarm
-from farmctl.ports import free_port_block
+from farmctl.ports import free_port_block, on_free_ports
 from farmctl.runtime import FarmError
 from farmctl.wait import answers, wait_until
 
@@ -151,9 +151,9 @@ def bench_farm(name: str, instances: int, session_backend: Literal["redis", "mem
                state_root: Path, env: dict[str, str] | None = None) -> FarmConfig:
     """The config of a bench farm: no HTTPS, free ports, a fresh state dir (one left behind by an
     interrupted run is stopped and removed first)."""
-    config = FarmConfig(instances=instances, https_port=0, session_backend=session_backend, redis_mode="single",
-                        balance="round_robin", demo_controls=False, extra_env=env or {},
-                        state_dir=state_root / f"bench-{name}").on_free_ports()
+    config = on_free_ports(FarmConfig(
+        instances=instances, https_port=0, session_backend=session_backend, redis_mode="single",
+        balance="round_robin", demo_controls=False, extra_env=env or {}, state_dir=state_root / f"bench-{name}"))
     open_farm(config, "native").down()
     shutil.rmtree(config.state_dir, ignore_errors=True)
     return config

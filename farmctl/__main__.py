@@ -6,27 +6,14 @@ import sys
 from pathlib import Path
 
 from farmctl.config import FarmConfig
-from farmctl.render import DOCKER_SENTINEL_NAMES, PROXY_SECRET_CONF, render_nginx_docker, render_sentinel_docker
+from farmctl.docker.render import render_docker
 from farmctl.runtime import FarmError, as_rows
-from farmctl.secret import proxy_secret_conf
-
-
-def render_docker(out: Path, instances: int, balance: str, proxy_secret: str) -> None:
-    """Write nginx.conf, its proxy-secret include and one sentinelN.conf per Sentinel service into
-    `out` (compose's config volume); each file appears whole (write, then rename) so nothing ever
-    reads half of one."""
-    files = {"nginx.conf": render_nginx_docker(instances, balance), PROXY_SECRET_CONF: proxy_secret_conf(proxy_secret)}
-    files |= {f"{name}.conf": render_sentinel_docker(name) for name in DOCKER_SENTINEL_NAMES}
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / f"{name}.tmp").write_text(text)
-        (out / f"{name}.tmp").replace(out / name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="farmctl", description=__doc__)
     parser.add_argument("--runtime", default=os.environ.get("RUNTIME") or "auto",
-                        choices=["auto", "native", "docker"])
+                        choices=["auto", "native", "docker"])  # farmctl.lifecycle.RUNTIMES
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the farm (or apply a changed N) and wait until it is healthy")
     sub.add_parser("down", help="stop everything and free the ports")

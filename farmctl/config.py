@@ -11,7 +11,6 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.__main__ import KEEPALIVE_S
-from farmctl.ports import free_layout
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,12 +87,6 @@ class FarmConfig(BaseSettings):
     def replace(self, **changes: object) -> Self:
         """A validated copy with `changes`."""
         return type(self).model_validate({**self.model_dump(), **changes})
-
-    def on_free_ports(self, spare: int = 0) -> Self:
-        """This config moved to a block of free loopback ports (HTTPS only if it had HTTPS);
-        `spare` free ports after the instances' leave room to scale up to instances + spare."""
-        return self.replace(**free_layout(self.instances, https=bool(self.https_port), spare=spare,
-                                          sentinel=self.sentinel))
 
     @property
     def web(self) -> list[Instance]:

@@ -4,6 +4,7 @@ import random
 import socket
 from pathlib import Path
 
+from farmctl.config import FarmConfig
 from farmctl.runtime import FarmError
 
 
@@ -44,3 +45,10 @@ def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel:
         replica = base + size - 4
         ports |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
     return ports
+
+
+def on_free_ports(config: FarmConfig, spare: int = 0) -> FarmConfig:
+    """`config` moved to a block of free loopback ports (HTTPS only if it had HTTPS); `spare` free
+    ports after the instances' leave room to scale up to instances + spare."""
+    return config.replace(**free_layout(config.instances, https=bool(config.https_port), spare=spare,
+                                        sentinel=config.sentinel))

@@ -6,6 +6,7 @@ import sys
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
+from farmctl.ports import on_free_ports
 from farmctl.runtime import FarmError
 from loadtest.chaos import MODES
 from loadtest.report import verdict_table
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             slug = name.replace(" + ", "-").replace(" ", "")
             config = FarmConfig(instances=int(env.get("N") or 3), session_backend=backend, balance=balance,
                                 redis_mode="single", state_dir=PROJECT_ROOT / ".farm" / f"compare-{slug}")
-            config = config.on_free_ports()
+            config = on_free_ports(config)
             with running_farm(config, "native") as farm:
                 summaries[name] = run_scenario(farm, spec, out / slug, title=name)
         write_comparison(summaries, out)

@@ -12,11 +12,11 @@ import redis
 
 from farmctl.config import FarmConfig
 from farmctl.lifecycle import running_farm
-from farmctl.native import NativeFarm
-from farmctl.ports import free_port_block
+from farmctl.ports import free_port_block, on_free_ports
+from farmctl.runtime import Farm
 from farmctl.wait import wait_until
 
-FarmFactory = Callable[..., NativeFarm]
+FarmFactory = Callable[..., Farm]
 
 #: The make variables FarmConfig reads: the tests' farms are shaped by the tests, not by `make test N=5`.
 FARM_VARIABLES = ("N", "HTTP_PORT", "HTTPS_PORT", "BASE_PORT", "REDIS_PORT", "REDIS", "REPLICA_PORT",
@@ -53,12 +53,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory) -> FarmFactory:
-    def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> NativeFarm:
+    def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> Farm:
         # The tests register hundreds of users from 127.0.0.1; the tests of the limit set their own.
         extra_env = {"REGISTER_MAX_PER_ADDRESS": "100000", **options.pop("extra_env", {})}  # type: ignore[dict-item]
         config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
                             extra_env=extra_env, **options)  # type: ignore[arg-type]
-        return stack.enter_context(running_farm(config.on_free_ports(spare), "native", start=start))
+        return stack.enter_context(running_farm(on_free_ports(config, spare), "native", start=start))
 
     return start
 
@@ -74,7 +74,7 @@ def farm_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmFacto
 
 
 @pytest.fixture(scope="session")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeFarm]:
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """The shared 3-instance farm with Redis sessions. Tests that break it must mend it."""
     with ExitStack() as stack:
         yield _starter(stack, tmp_path_factory)(3, demo_controls=True)

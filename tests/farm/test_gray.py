@@ -15,6 +15,7 @@ import pytest
 from farmctl.config import FarmConfig
 from farmctl.lifecycle import running_farm
 from farmctl.native import NativeFarm
+from farmctl.ports import on_free_ports
 from farmctl.wait import wait_until
 from tests.farm.users import browser_like, signed_in
 
@@ -73,7 +74,7 @@ def gray_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeFarm]:
     """A farm of this module's own (each test mends what it breaks), stopped when the module ends."""
     config = FarmConfig(instances=3, state_dir=tmp_path_factory.mktemp("gray"),
                         extra_env={"REGISTER_MAX_PER_ADDRESS": "100000"})
-    with running_farm(config.on_free_ports(), "native") as farm:
+    with running_farm(on_free_ports(config), "native") as farm:
         yield farm
 
 

@@ -18,11 +18,10 @@ import yaml
 from jsonschema import Draft7Validator
 
 from app.__main__ import KEEPALIVE_S
-from farmctl.__main__ import render_docker
 from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER
-from farmctl.docker import DOCKER_SENTINELS, engine_available
+from farmctl.docker import engine_available
+from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, render_docker, render_nginx_docker
 from farmctl.ports import free_port_block
-from farmctl.render import DOCKER_INSTANCES, render_nginx_docker
 from farmctl.wait import wait_until
 
 COMPOSE_FILE = PROJECT_ROOT / "compose.yaml"

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from farmctl.config import FarmConfig
-from farmctl.ports import port_is_free
+from farmctl.ports import on_free_ports, port_is_free
 
 
 def test_from_env_reads_make_variables_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,17 +32,17 @@ def test_config_refuses_what_no_farm_can_be(bad: dict[str, object]) -> None:
 
 
 def test_from_json_same_config_whatever_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = FarmConfig(instances=2, redis_mode="sentinel", https_port=0, extra_env={"A": "b"}).on_free_ports()
+    config = on_free_ports(FarmConfig(instances=2, redis_mode="sentinel", https_port=0, extra_env={"A": "b"}))
     monkeypatch.setenv("HTTP_PORT", "1")
     assert FarmConfig.from_json(config.model_dump_json()) == config
 
 
 def test_on_free_ports_moves_every_port_and_keeps_the_rest() -> None:
     config = FarmConfig(instances=4, balance="sticky", redis_mode="sentinel")
-    moved = config.on_free_ports(spare=2)
+    moved = on_free_ports(config, spare=2)
     assert all(port_is_free(p) for p in moved.ports)
     assert not set(moved.ports) & set(config.ports)
     assert len(set(moved.ports)) == len(moved.ports)
     assert moved.replace(instances=6).ports[-1] < moved.replica_port  # the spare ports lie before the replica's
     assert (moved.instances, moved.balance, moved.state_dir) == (4, "sticky", config.state_dir)
-    assert FarmConfig(https_port=0).on_free_ports().https_port == 0
+    assert on_free_ports(FarmConfig(https_port=0)).https_port == 0

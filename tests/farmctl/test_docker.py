@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from farmctl.config import FarmConfig
-from farmctl.docker import DOCKER_SENTINELS, DockerFarm
+from farmctl.docker import DockerFarm
+from farmctl.docker.render import DOCKER_SENTINELS
 from farmctl.runtime import FarmError
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from app.config import Settings
 from farmctl.config import APP_KEEPALIVE_S, FarmConfig
-from farmctl.render import proxy_secret_path, render_nginx_native, require_binary
+from farmctl.native.render import proxy_secret_path, render_nginx_native, require_binary
 from farmctl.secret import proxy_secret_conf
 from farmctl.tls import ensure_certificate
 

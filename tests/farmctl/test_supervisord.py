@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from farmctl.config import FarmConfig
-from farmctl.native import NativeFarm
-from farmctl.render import render_sentinel, render_supervisord
+from farmctl.native.render import render_sentinel, render_supervisord, write_configs
 from farmctl.secret import csrf_secret
 
 SUPERVISOR_SECTIONS = {"unix_http_server", "supervisord", "rpcinterface:supervisor", "supervisorctl"}
@@ -39,7 +38,7 @@ def test_render_sentinel_mode_with_replica_and_three_sentinels(tmp_path: Path) -
                              "health"}
     for name, port in config.redis_nodes.items():
         argv = rendered[name]["command"].split()
-        assert argv[1:3] == ["-m", "farmctl.redis_node"]
+        assert argv[1:3] == ["-m", "farmctl.native.redis_node"]
         assert argv[argv.index("--port") + 1] == str(port)
         assert argv[argv.index("--appendfsync") + 1] == "everysec"
     assert f"--replica-of {config.redis_port} " in rendered["redis-replica"]["command"]
@@ -73,5 +72,5 @@ def test_write_sentinel_files_only_when_the_farm_starts(tmp_path: Path, starting
     config = FarmConfig(instances=1, https_port=0, redis_mode="sentinel", state_dir=tmp_path)
     rewritten = "# what Sentinel wrote\n"
     (tmp_path / "sentinel-2.conf").write_text(rewritten)
-    NativeFarm(config)._write_configs(starting=starting)
+    write_configs(config, starting=starting)
     assert ((tmp_path / "sentinel-2.conf").read_text() == rewritten) is kept

@@ -1,31 +1,23 @@
 """The native runtime: Redis, N uvicorn instances and nginx as children of supervisord.
 
-supervisord is the process supervisor (it restarts whatever dies); this module renders its
-config, starts it, and drives it through `farmctl.supervisor` - in an order that drops no request."""
+supervisord is the process supervisor (it restarts whatever dies); this module starts it with the
+files `farmctl.native.render` writes, and drives it through `farmctl.native.supervisor` - in an
+order that drops no request."""
 
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
 
 import psutil
 
-from farmctl import netfault, redis_ha, rotation
 from farmctl.config import FarmConfig
+from farmctl.native import netfault, redis_ha, rotation
+from farmctl.native.render import render_nginx_native, write_configs
+from farmctl.native.supervisor import Supervisor
 from farmctl.ports import port_is_free
-from farmctl.redis_node import started_marker
-from farmctl.render import (
-    proxy_secret_path,
-    render_nginx_native,
-    render_sentinel,
-    render_supervisord,
-    require_binary,
-)
-from farmctl.runtime import FarmError, ProcessStatus
-from farmctl.secret import proxy_secret, proxy_secret_conf
-from farmctl.supervisor import Supervisor
-from farmctl.tls import ensure_certificate
+from farmctl.runtime import Capability, FarmError, ProcessStatus
 from farmctl.wait import answers, wait_until
 
 
@@ -33,6 +25,7 @@ class NativeFarm:
     """A farm of local processes under one supervisord, its files in `config.state_dir`."""
 
     name = "native"
+    capabilities = frozenset(Capability)
 
     def __init__(self, config: FarmConfig) -> None:
         self.config = config
@@ -43,39 +36,6 @@ class NativeFarm:
         return self.supervisor.is_running()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _write_configs(self, starting: bool) -> None:
-        """`starting`: supervisord is not running yet. Only then are the Sentinels' files written:
-        from their first start on, they belong to the Sentinels, who rewrite them."""
-        for sub in ("logs", "nginx", *self.config.redis_nodes):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        if starting:
-            rotation.reset(self.state_dir)
-            for node in self.config.redis_nodes:
-                started_marker(self.state_dir / node).unlink(missing_ok=True)
-            for i, port in enumerate(self.config.sentinels.values(), 1):
-                (self.state_dir / f"sentinel-{i}.conf").write_text(render_sentinel(self.config, port))
-        if self.config.https_port:
-            ensure_certificate(self.state_dir)
-        try:
-            supervisord_conf = render_supervisord(self.config, sys.executable)
-        except FileNotFoundError as missing:
-            raise FarmError(
-                f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server"
-            ) from None
-        (self.state_dir / "supervisord.conf").write_text(supervisord_conf)
-        (self.state_dir / "farm.json").write_text(self.config.model_dump_json())  # for farmctl/health.py
-        secret_conf = proxy_secret_path(self.state_dir)
-        secret_conf.touch(0o600)
-        secret_conf.write_text(proxy_secret_conf(proxy_secret(self.state_dir)))
-        (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, rotation.read(self.state_dir).down))
-        check = subprocess.run(
-            [require_binary("nginx"), "-t", "-q", "-p", f"{self.state_dir}/nginx",
-             "-c", f"{self.state_dir}/nginx.conf"],
-            capture_output=True, text=True, check=False,
-        )
-        if check.returncode != 0:
-            raise FarmError(f"the rendered nginx config is invalid:\n{check.stderr}")
-
     def up(self, timeout_s: float = 60) -> None:
         """Start the farm, or bring a running one in line with the config (instances added or
         removed, nginx reloaded without dropping connections). Returns when all is healthy."""
@@ -90,7 +50,7 @@ class NativeFarm:
                 )
         else:
             self._check_same_redis_mode()
-        self._write_configs(starting=not running)
+        write_configs(self.config, starting=not running)
         if running:
             self._apply_config_changes()
         else:
@@ -137,54 +97,28 @@ class NativeFarm:
         if not wait_until(lambda: not psutil.pid_exists(pid), timeout_s):
             raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
 
-    # -- graceful operations ---------------------------------------------------------------
-    def _nginx_workers(self) -> dict[int, str]:
-        """pid -> title of each child of the nginx master ("nginx: worker process [is shutting down]")."""
-        workers = {}
-        try:
-            children = psutil.Process(self.pid("nginx")).children()
-        except psutil.Error:
-            return {}
-        for child in children:
-            try:
-                workers[child.pid] = " ".join(child.cmdline()).strip()
-            except psutil.Error:
-                continue
-        return workers
+    # -- the rotation ----------------------------------------------------------------------
+    def reload_nginx(self, change: rotation.Change = rotation.unchanged, finish: bool = True) -> None:
+        """Apply `change` to the rotation and reload nginx (see `rotation.reload`)."""
+        rotation.reload(self.state_dir, lambda down: render_nginx_native(self.config, down),
+                        nginx_pid=lambda: self.pid("nginx"), hup=lambda: self.supervisor.signal("nginx", "HUP"),
+                        change=change, finish=finish)
 
-    def reload_nginx(self, change: Callable[[rotation.Rotation], object] = lambda _: None,
-                     timeout_s: float = 15, finish: bool = True) -> None:
-        """Apply `change` to the rotation (which instances are `down`), re-render and reload nginx
-        (SIGHUP: new workers take new requests, old ones finish theirs), and return once the new
-        workers run and, with `finish`, every old one is gone (its requests done: a drained
-        instance can then be stopped)."""
-        with rotation.editing(self.state_dir) as current:
-            change(current)
-            (self.state_dir / "nginx.conf").write_text(render_nginx_native(self.config, current.down))
-            before = set(self._nginx_workers())
-            self.supervisor.signal("nginx", "HUP")
+    def drain(self, *names: str) -> None:
+        self.reload_nginx(lambda current: current.draining.update(names))
 
-            def reloaded() -> bool:
-                workers = self._nginx_workers()
-                new = {pid for pid, title in workers.items() if "shutting down" not in title} - before
-                return bool(new) and not (finish and set(workers) - new)
+    def undrain(self, *names: str) -> None:
+        def back(current: rotation.Rotation) -> None:
+            current.draining = current.draining - set(names) if names else set()
 
-            if not wait_until(reloaded, timeout_s, interval_s=0.05):
-                raise FarmError(f"nginx did not finish reloading within {timeout_s:.0f} s")
-
-    def set_draining(self, names: Collection[str]) -> None:
-        """Exactly these instances are drained (out of rotation for an operation; the bench uses fewer)."""
-        def drain(current: rotation.Rotation) -> None:
-            current.draining = set(names)
-
-        self.reload_nginx(drain)
+        self.reload_nginx(back)
 
     def out_of_rotation(self) -> dict[str, str]:
         return rotation.read(self.state_dir).out
 
     def set_out_of_rotation(self, out: dict[str, str]) -> None:
-        """The health loop's verdict (farmctl/health.py): these instances, and only these, are held
-        out. In force once the new workers run: the old ones may be waiting on a hung instance."""
+        """The health loop's verdict (farmctl/native/health.py): these instances, and only these, are
+        held out. In force once the new workers run: the old ones may be waiting on a hung instance."""
         def hold(current: rotation.Rotation) -> None:
             current.out = dict(out)
 
@@ -198,7 +132,7 @@ class NativeFarm:
     def _replace_gracefully(self, name: str, reconfigure: bool = False) -> None:
         """Take `name` out of nginx's rotation, stop it (SIGTERM: uvicorn finishes what it has),
         start it (with its new supervisor config if `reconfigure`), wait until it serves, put it back."""
-        self.reload_nginx(lambda current: current.draining.add(name))
+        self.drain(name)
         if reconfigure:
             self.supervisor.remove(name)
             self.supervisor.add(name)
@@ -206,7 +140,7 @@ class NativeFarm:
             self.supervisor.stop(name)
             self.supervisor.start(name)
         self._wait_serving([name])
-        self.reload_nginx(lambda current: current.draining.discard(name))
+        self.undrain(name)
 
     def roll(self) -> list[tuple[str, float]]:
         """Restart every instance, one at a time, without failing a request; returns (name, seconds)."""
@@ -247,11 +181,23 @@ class NativeFarm:
     def pid(self, name: str) -> int:
         return self.supervisor.pid(name)
 
+    def redis_primary(self) -> str | None:
+        return redis_ha.primary_name(self.config) if self.config.sentinel else next(iter(self.config.redis_nodes))
+
+    def failover_ready(self) -> bool:
+        return self.config.sentinel and redis_ha.failover_ready(self.config)
+
     def kill(self, name: str, sig: str = "KILL") -> int:
         """Send a signal through the supervisor; returns the pid that got it."""
         pid = self.pid(name)
         self.supervisor.signal(name, sig)
         return pid
+
+    def pause(self, name: str) -> None:
+        self.supervisor.signal(name, "STOP")
+
+    def resume(self, name: str) -> None:
+        self.supervisor.signal(name, "CONT")
 
     def stop(self, name: str) -> None:
         self.supervisor.stop(name)
@@ -277,7 +223,7 @@ class NativeFarm:
             bad.append("nginx")
         if not answers(f"{self.config.web[0].url}/readyz", 2):
             bad.append("redis")
-        elif self.config.sentinel and not redis_ha.failover_ready(self.config):
+        elif self.config.sentinel and not self.failover_ready():
             bad.extend(["redis-replica", *self.config.sentinels])
         return bad
 

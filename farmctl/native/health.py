@@ -1,5 +1,5 @@
 """Active health checks for the native farm: readiness (take an instance out of nginx's rotation)
-and liveness (restart an instance that stays hung). Run by supervisord as `python -m farmctl.health`.
+and liveness (restart an instance that stays hung). Run by supervisord as `python -m farmctl.native.health`.
 
 nginx OSS only has passive checks: it notices a hung instance when a real request times out on
 it, and forgets after `fail_timeout` - each time at the cost of a user's request. Kept checkers do
@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from farmctl.config import FarmConfig
-from farmctl.native import NativeFarm
+from farmctl.native.farm import NativeFarm
 
 PROBE_EVERY_S = 0.5
 PROBE_TIMEOUT_S = 0.5
@@ -132,7 +132,7 @@ class HealthLoop:
                 self.restart(inst)
 
     def restart(self, inst: Instance) -> None:
-        if self.farm.supervisor.processes()[inst.name]["statename"] != "RUNNING":
+        if not any(s.name == inst.name and s.up for s in self.farm.status()):
             return  # stopping or starting already: supervisord is on it
         log.warning("%s answered nothing for %.0f s: SIGKILL, supervisord restarts it", inst.name, LIVENESS_S)
         self.farm.kill(inst.name, "KILL")

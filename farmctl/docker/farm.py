@@ -9,13 +9,10 @@ import subprocess
 import time
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
-from farmctl.render import DOCKER_INSTANCES, DOCKER_SENTINEL_NAMES, DOCKER_SENTINEL_PORT
-from farmctl.runtime import FarmError, ProcessStatus
+from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS
+from farmctl.runtime import Capability, FarmError, ProcessStatus, require
 from farmctl.secret import csrf_secret, proxy_secret
 from farmctl.wait import answers, wait_until
-
-#: What the web services get as REDIS_SENTINELS with REDIS=sentinel: the Sentinel services of compose.yaml.
-DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
 
 
 def engine_available() -> bool:
@@ -30,6 +27,9 @@ class DockerFarm:
     in the state dir, unless the environment brings its own."""
 
     name = "docker"
+    #: nginx has passive checks only, N is fixed by compose.yaml, and the Docker network cannot cut
+    #: one instance off from Redis without cutting it off from nginx too.
+    capabilities: frozenset[Capability] = frozenset()
 
     def __init__(self, config: FarmConfig) -> None:
         if config.instances != DOCKER_INSTANCES:
@@ -82,6 +82,21 @@ class DockerFarm:
         self._compose("kill", "--signal", sig, name)
         return 0
 
+    def pid(self, name: str) -> int:
+        container = self._compose("ps", "--quiet", name, capture=True).strip()
+        if not container:
+            return 0
+        result = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", container],
+                                capture_output=True, text=True, check=False)
+        return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
+
+    def pause(self, name: str) -> None:
+        """`docker compose pause`: the container's processes are frozen (cgroup freezer), sockets open."""
+        self._compose("pause", name)
+
+    def resume(self, name: str) -> None:
+        self._compose("unpause", name)
+
     def stop(self, name: str) -> None:
         self._compose("stop", name)
 
@@ -105,13 +120,25 @@ class DockerFarm:
             took.append((name, time.monotonic() - started))
         return took
 
+    def drain(self, *names: str) -> None:
+        require(self, Capability.DRAIN, "draining an instance")
+
+    def undrain(self, *names: str) -> None:
+        require(self, Capability.DRAIN, "draining an instance")
+
     def cut_off(self, name: str) -> None:
-        raise FarmError("cutting one instance off from Redis is a fault of the native runtime "
-                        "(iptables and cgroups of this host); under Docker, `docker network disconnect` "
-                        "would cut it off from nginx too")
+        require(self, Capability.CUT_OFF, "cutting one instance off from Redis")
 
     def reconnect(self, name: str) -> None:
         pass
+
+    def redis_primary(self) -> str | None:
+        require(self, Capability.REDIS_FAILOVER, "naming the Redis primary")
+        return None
+
+    def failover_ready(self) -> bool:
+        require(self, Capability.REDIS_FAILOVER, "a Redis failover")
+        return False
 
     def out_of_rotation(self) -> dict[str, str]:
         """Nothing: under Docker nginx has passive checks only (see compose.yaml's healthchecks)."""
@@ -122,9 +149,16 @@ class DockerFarm:
         out = self._compose("ps", "--format", "json", name, capture=True)
         return any(json.loads(line).get("Health") == "healthy" for line in out.splitlines() if line.strip())
 
+    def unhealthy(self) -> list[str]:
+        bad = [name for name in self.instance_names() if not self.is_serving(name)]
+        return bad if answers(f"{self.config.balancer_url}/readyz") else [*bad, "nginx"]
+
     def wait_healthy(self, timeout_s: float = 60) -> None:
-        if not wait_until(lambda: answers(f"{self.config.balancer_url}/readyz"), timeout_s, interval_s=0.5):
-            raise FarmError(f"the balancer did not answer within {timeout_s:.0f} s: docker compose logs")
+        if not wait_until(lambda: not self.unhealthy(), timeout_s, interval_s=0.5):
+            raise FarmError(f"not healthy after {timeout_s:.0f} s: {', '.join(self.unhealthy())}; docker compose logs")
 
     def log_path(self, name: str) -> str:
         return f"docker compose logs {name}"
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        return self._compose("logs", "--no-log-prefix", "--tail", str(lines), name, capture=True)

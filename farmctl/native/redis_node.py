@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from farmctl.redis_ha import primary_port
+from farmctl.native.redis_ha import primary_port
 from farmctl.wait import wait_until
 
 FAILOVER_WAIT_S = 10.0

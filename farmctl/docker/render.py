@@ -1,0 +1,49 @@
+"""The Docker runtime's files: nginx's config for compose.yaml's services, the Sentinel services'
+initial configs, and the proxy secret's include - written by compose.yaml's one-shot farm-config
+service (`python -m farmctl render-docker`) into the volume nginx and the Sentinels mount."""
+
+from pathlib import Path
+
+from farmctl.config import SENTINEL_MASTER, Instance
+from farmctl.render import PROXY_SECRET_CONF, SENTINEL_TEMPLATE, render_nginx_in_a_container, render_template
+from farmctl.secret import proxy_secret_conf
+
+DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
+#: Where compose.yaml's farm-config service writes what it renders, as nginx and the Sentinels mount it.
+DOCKER_CONFIG_DIR = "/etc/webfarm"
+#: The Sentinel services of compose.yaml (profile `sentinel`), each on Sentinel's default port.
+DOCKER_SENTINEL_NAMES = ("sentinel1", "sentinel2", "sentinel3")
+DOCKER_SENTINEL_PORT = 26379
+#: What the web services get as REDIS_SENTINELS with REDIS=sentinel.
+DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
+
+
+def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin") -> str:
+    web = [Instance(f"web{i}", f"web{i}", 8000) for i in range(1, instances + 1)]
+    return render_nginx_in_a_container("docker", web, balance, f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}")
+
+
+def render_sentinel_docker(name: str) -> str:
+    """The initial config of the Sentinel service `name` of compose.yaml, which copies it to a writable
+    place at its first start (Sentinel rewrites it). Services are known by name: their addresses change."""
+    return render_template(
+        SENTINEL_TEMPLATE,
+        runtime="docker",
+        port=DOCKER_SENTINEL_PORT,
+        announce=name,
+        master=SENTINEL_MASTER,
+        primary_host="redis",
+        primary_port=6379,
+    )
+
+
+def render_docker(out: Path, instances: int, balance: str, proxy_secret: str) -> None:
+    """Write nginx.conf, its proxy-secret include and one sentinelN.conf per Sentinel service into
+    `out` (compose's config volume); each file appears whole (write, then rename) so nothing ever
+    reads half of one."""
+    files = {"nginx.conf": render_nginx_docker(instances, balance), PROXY_SECRET_CONF: proxy_secret_conf(proxy_secret)}
+    files |= {f"{name}.conf": render_sentinel_docker(name) for name in DOCKER_SENTINEL_NAMES}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / f"{name}.tmp").write_text(text)
+        (out / f"{name}.tmp").replace(out / name)

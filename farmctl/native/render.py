@@ -1,0 +1,136 @@
+"""The native runtime's files: supervisord's config (every process and its environment), the
+Sentinels' initial configs, and nginx's config with the rotation applied - all in the state dir."""
+
+import getpass
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+from farmctl.config import PROJECT_ROOT, SENTINEL_MASTER, FarmConfig, Instance
+from farmctl.native import rotation
+from farmctl.native.redis_node import started_marker
+from farmctl.render import PROXY_SECRET_CONF, SENTINEL_TEMPLATE, render_nginx, render_template
+from farmctl.runtime import FarmError
+from farmctl.secret import csrf_secret, proxy_secret, proxy_secret_conf
+from farmctl.tls import certificate_paths, ensure_certificate
+
+SUPERVISORD_TEMPLATE = Path(__file__).parent / "supervisord.conf.j2"
+
+
+def render_nginx_native(config: FarmConfig, down: Collection[str] = ()) -> str:
+    """The native config; instances in `down` are out of rotation (farmctl/native/rotation.py)."""
+    cert, key = certificate_paths(config.state_dir)
+    return render_nginx(
+        "native",
+        instances=config.web,
+        down=set(down),
+        balance=config.balance,
+        listen_host="127.0.0.1",
+        http_port=config.http_port,
+        https_port=config.https_port,
+        tls_cert=cert,
+        tls_key=key,
+        proxy_secret_conf=proxy_secret_path(config.state_dir),
+        state_dir=config.state_dir,
+        static_dir=PROJECT_ROOT / "app" / "static",
+        # nginx started by root drops its workers to `nobody`, who cannot read a private state dir.
+        run_as=getpass.getuser() if os.geteuid() == 0 else None,
+    )
+
+
+def proxy_secret_path(state_dir: Path) -> Path:
+    """Where the native nginx finds the directive that adds the proxy secret (farmctl.secret)."""
+    return state_dir / "nginx" / PROXY_SECRET_CONF
+
+
+def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]]:
+    """The environment of one native instance: a demo, with the farm's own CSRF and proxy secrets."""
+    yield "INSTANCE_NAME", inst.name
+    yield "ENVIRONMENT", "demo"
+    yield "CSRF_SECRET", csrf_secret(config.state_dir)
+    yield "PROXY_SECRET", proxy_secret(config.state_dir)
+    yield "REDIS_URL", config.redis_url
+    if config.sentinel:
+        yield "REDIS_SENTINELS", config.sentinel_addresses
+        yield "REDIS_SENTINEL_MASTER", SENTINEL_MASTER
+    yield "SESSION_BACKEND", config.session_backend
+    yield "KEY_PREFIX", config.key_prefix
+    yield "DEMO_CONTROLS", "1" if config.demo_controls else "0"
+    yield "PYTHONUNBUFFERED", "1"
+    yield from config.extra_env.items()
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if path is None:
+        raise FileNotFoundError(name)
+    return path
+
+
+def render_supervisord(config: FarmConfig, python: str) -> str:
+    return render_template(
+        SUPERVISORD_TEMPLATE,
+        state_dir=config.state_dir,
+        root=PROJECT_ROOT,
+        python=python,
+        redis_server=require_binary("redis-server"),
+        nginx=require_binary("nginx"),
+        redis_port=config.redis_port,
+        redis_nodes=config.redis_nodes,
+        sentinels=config.sentinels,
+        instances=config.web,
+        env=lambda inst: instance_env(config, inst),
+    )
+
+
+def render_sentinel(config: FarmConfig, port: int) -> str:
+    """The initial config of one native Sentinel; it rewrites the file itself from then on."""
+    return render_template(
+        SENTINEL_TEMPLATE,
+        runtime="native",
+        port=port,
+        state_dir=config.state_dir,
+        master=SENTINEL_MASTER,
+        primary_host="127.0.0.1",
+        primary_port=config.redis_port,
+        replica_host="127.0.0.1",
+        replica_port=config.replica_port,
+    )
+
+
+def write_configs(config: FarmConfig, starting: bool) -> None:
+    """Write every file of the farm into its state dir, and check nginx's (`nginx -t`). `starting`:
+    supervisord is not running yet. Only then are the Sentinels' files written: from their first
+    start on, they belong to the Sentinels, who rewrite them."""
+    for sub in ("logs", "nginx", *config.redis_nodes):
+        (config.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    if starting:
+        rotation.reset(config.state_dir)
+        for node in config.redis_nodes:
+            started_marker(config.state_dir / node).unlink(missing_ok=True)
+        for i, port in enumerate(config.sentinels.values(), 1):
+            (config.state_dir / f"sentinel-{i}.conf").write_text(render_sentinel(config, port))
+    if config.https_port:
+        ensure_certificate(config.state_dir)
+    try:
+        supervisord_conf = render_supervisord(config, sys.executable)
+    except FileNotFoundError as missing:
+        raise FarmError(
+            f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server"
+        ) from None
+    (config.state_dir / "supervisord.conf").write_text(supervisord_conf)
+    (config.state_dir / "farm.json").write_text(config.model_dump_json())  # for farmctl/native/health.py
+    secret_conf = proxy_secret_path(config.state_dir)
+    secret_conf.touch(0o600)
+    secret_conf.write_text(proxy_secret_conf(proxy_secret(config.state_dir)))
+    (config.state_dir / "nginx.conf").write_text(render_nginx_native(config, rotation.read(config.state_dir).down))
+    check = subprocess.run(
+        [require_binary("nginx"), "-t", "-q", "-p", f"{config.state_dir}/nginx",
+         "-c", f"{config.state_dir}/nginx.conf"],
+        capture_output=True, text=True, check=False,
+    )
+    if check.returncode != 0:
+        raise FarmError(f"the rendered nginx config is invalid:\n{check.stderr}")
