@@ -10,7 +10,7 @@ readiness/liveness probes do:
 
 - every PROBE_EVERY_S it GETs each instance's /readyz with a PROBE_TIMEOUT_S timeout;
 - FALL failed probes in a row (a timeout: hung; a 503: alive but cannot reach the store) take it
-  out of the rotation, RISE good ones put it back (nginx reloads either way, see farmctl/rotation.py);
+  out of the rotation, RISE good ones put it back (nginx reloads either way, see farmctl/native/rotation.py);
 - a refused connection changes nothing: the process is dead or restarting, supervisord brings it
   back and nginx skips a refused instance at no cost;
 - an instance that has answered nothing for LIVENESS_S is SIGKILLed; supervisord restarts it;

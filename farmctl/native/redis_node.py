@@ -1,6 +1,6 @@
 """Start one Redis data node of a sentinel-mode farm: what supervisord runs as `redis` and `redis-replica`.
 
-    python -m farmctl.redis_node --me PORT --sentinels P1,P2,P3 [--replica-of PORT] -- redis-server ARGS...
+    python -m farmctl.native.redis_node --me PORT --sentinels P1,P2,P3 [--replica-of PORT] -- redis-server ARGS...
 
 The role comes from the Sentinels, not from the command line: a node starts as the replica of
 whichever node they name primary (`--replica-of` only counts when no Sentinel answers, i.e. at the
@@ -26,7 +26,7 @@ def started_marker(data_dir: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="farmctl.redis_node", description=__doc__)
+    parser = argparse.ArgumentParser(prog="farmctl.native.redis_node", description=__doc__)
     parser.add_argument("--me", type=int, required=True, help="this node's port")
     parser.add_argument("--sentinels", required=True, help="the Sentinels' ports, comma-separated")
     parser.add_argument("--replica-of", type=int, help="the primary's port at the first start")

@@ -193,7 +193,7 @@ def test_nginx_config_balances_the_ready_web_pods(objects: list[Obj], find: Call
 
 def test_web_probes_never_ask_redis_and_catch_a_hung_pod(workloads: dict[str, Obj]) -> None:
     """A Redis outage must neither restart nor unready every pod; a hung pod leaves the rotation
-    within ~2 s and is restarted after ~10 s (issue #11, as farmctl/health.py does natively)."""
+    within ~2 s and is restarted after ~10 s (issue #11, as farmctl/native/health.py does natively)."""
     web = next(containers(workloads["web"], init=False))
     ready, live = web["readinessProbe"], web["livenessProbe"]
     assert ready["httpGet"]["path"] == live["httpGet"]["path"] == "/healthz"
