@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.config import Settings
 from app.deps import (
     NOT_SIGNED_IN,
     Admitted,
@@ -19,6 +20,7 @@ from app.deps import (
     IdempotencyKey,
     MaybeKey,
     PresenceDep,
+    RedisDep,
     SettingsDep,
     StoreDep,
     UsersDep,
@@ -29,6 +31,7 @@ from app.deps import (
 from app.middleware import STORE_UNAVAILABLE, send_json
 from app.redis_client import store_failed
 from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, PasswordChange, UserOut
+from app.services import Services
 from app.sessions import CartAdd, CartFull, Session
 
 Responses = dict[int | str, dict[str, Any]]
@@ -56,11 +59,11 @@ async def healthz(settings: SettingsDep) -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses=STORE_DOWN, tags=["ops"])
-async def readyz(request: Request, settings: SettingsDep) -> Health:
+async def readyz(redis: RedisDep, settings: SettingsDep) -> Health:
     """Readiness: the session store answers, within READINESS_TIMEOUT_S - else 503, as fast."""
     try:
         async with asyncio.timeout(settings.readiness_timeout_s):
-            await request.app.state.redis.ping()
+            await redis.ping()
     except TimeoutError:
         raise RedisTimeoutError(f"no PING reply within {settings.readiness_timeout_s} s") from None
     return Health(status="ready", instance=settings.instance_name)
@@ -112,8 +115,7 @@ async def change_password(body: PasswordChange, request: Request, response: Resp
     return UserOut(username=session.username)
 
 
-def whoami(request: Request, session: Session) -> dict[str, Any]:
-    settings = request.app.state.settings
+def whoami(settings: Settings, session: Session) -> dict[str, Any]:
     return {
         "username": session.username,
         "served_by": settings.instance_name,
@@ -124,10 +126,10 @@ def whoami(request: Request, session: Session) -> dict[str, Any]:
 
 
 @router.get("/api/me", response_model=None, responses={200: {"model": Me}, **NEEDS_SESSION}, tags=["session"])
-async def me(request: Request, session: CurrentIdentity) -> JSONResponse:
+async def me(session: CurrentIdentity, settings: SettingsDep) -> JSONResponse:
     """Who am I. The hot path: answered by WhoAmIMiddleware before the router (so this route is
     what documents it, and what answers if the middleware is taken out)."""
-    return JSONResponse(whoami(request, session))
+    return JSONResponse(whoami(settings, session))
 
 
 class WhoAmIMiddleware:
@@ -137,25 +139,26 @@ class WhoAmIMiddleware:
     "What it costs"). The app's other middleware (limits, proxy trust, deadline, X-Served-By) still
     wrap it; a failing store is the same 503 as everywhere."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
+        self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/api/me" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
-        key = request.app.state.auth.session_key(request)
+        services = self.services
+        key = services.auth.session_key(Request(scope))
         try:
-            session = await request.app.state.sessions.identify(key) if key else None
+            session = await services.sessions.identify(key) if key else None
         except RedisError as exc:
-            await store_failed(request.app.state.redis, exc)
+            await store_failed(services.redis, exc)
             await send_json(send, 503, STORE_UNAVAILABLE, {"Retry-After": "1"})
             return
         if session is None:
             await send_json(send, 401, NOT_SIGNED_IN)
             return
-        await send_json(send, 200, whoami(request, session))
+        await send_json(send, 200, whoami(services.settings, session))
 
 
 @router.get("/api/cart", response_model=Cart, responses=NEEDS_SESSION, tags=["session"])

@@ -9,6 +9,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The CSRF secret of the demo; refused outside ENVIRONMENT=demo.
 DEMO_CSRF_SECRET = "webfarm-demo-only-change-me"  # noqa: S105 - public on purpose, refused in production
+#: The account created at start-up in the demo (the login page shows it).
+DEMO_USERNAME = "demo"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - public on purpose, like the CSRF secret above
+#: The default name of the session cookie (SESSION_COOKIE); over HTTPS it gets the __Host- prefix (app.auth).
+SESSION_COOKIE = "webfarm_session"
+#: The default cart limits (CART_MAX_ITEMS, CART_MAX_QTY), which app.sessions.Limits defaults to as well.
+CART_MAX_ITEMS = 50
+CART_MAX_QTY = 999
+#: The header the balancer sends PROXY_SECRET in, with every request it forwards (see app.middleware).
+PROXY_HEADER = "X-Webfarm-Proxy"
 
 
 class Environment(StrEnum):
@@ -57,7 +67,7 @@ class Settings(BaseSettings):
     key_prefix: str = Field("webfarm", description="Prefix of every Redis key.")
 
     session_backend: SessionBackend = SessionBackend.REDIS
-    session_cookie: str = Field("webfarm_session", description="Name of the session cookie.")
+    session_cookie: str = Field(SESSION_COOKIE, description="Name of the session cookie.")
     session_idle_timeout_s: int = Field(30 * 60, gt=0, description="Sliding idle expiry.")
     session_near_cache_s: float = Field(
         2.0, ge=0, description="Max age of a near-cached session identity; 0 turns the near cache off.")
@@ -74,11 +84,11 @@ class Settings(BaseSettings):
         30, ge=1, description="Registrations per client address per window (taken names count too).")
     register_window_s: int = Field(10 * 60, ge=1)
 
-    cart_max_items: int = Field(50, ge=1, description="Different SKUs in one cart.")
-    cart_max_qty: int = Field(999, ge=1, description="Quantity of one SKU in one cart.")
+    cart_max_items: int = Field(CART_MAX_ITEMS, ge=1, description="Different SKUs in one cart.")
+    cart_max_qty: int = Field(CART_MAX_QTY, ge=1, description="Quantity of one SKU in one cart.")
 
-    demo_user: str | None = Field("demo", description="Created at start-up, with ENVIRONMENT=demo only.")
-    demo_password: str = Field("demo-password", min_length=8)
+    demo_user: str | None = Field(DEMO_USERNAME, description="Created at start-up, with ENVIRONMENT=demo only.")
+    demo_password: str = Field(DEMO_PASSWORD, min_length=8)
     demo_controls: bool = Field(False, description="Show the 'crash this instance' button.")
     csrf_secret: str = Field(
         DEMO_CSRF_SECRET,

@@ -1,65 +1,49 @@
 """Request dependencies, as Annotated aliases so that route signatures read as declarations."""
 
 import secrets
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from redis.asyncio import Redis
 
 from app.admission import Admission
 from app.auth import Auth
 from app.config import Settings
 from app.presence import Presence
+from app.services import Services
 from app.sessions import Session, SessionKey, SessionStore
-from app.throttle import LoginThrottle
 from app.users import UserStore
+
+T = TypeVar("T")
 
 NOT_SIGNED_IN = "not signed in"
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def part(pick: Callable[[Services], T]) -> Any:
+    """A dependency on one part of the app's services (app.services): `Annotated[Settings,
+    part(lambda s: s.settings)]`. Async, so that FastAPI does not send it to a thread."""
+    async def dependency(request: Request) -> T:
+        return pick(Services.of(request.app))
+
+    return Depends(dependency)
 
 
-async def get_store(request: Request) -> SessionStore:
-    store: SessionStore = request.app.state.sessions
-    return store
+SettingsDep = Annotated[Settings, part(lambda s: s.settings)]
+RedisDep = Annotated[Redis, part(lambda s: s.redis)]
+StoreDep = Annotated[SessionStore, part(lambda s: s.sessions)]
+UsersDep = Annotated[UserStore, part(lambda s: s.users)]
+PresenceDep = Annotated[Presence, part(lambda s: s.presence)]
+AdmissionDep = Annotated[Admission, part(lambda s: s.admission)]
+AuthDep = Annotated[Auth, part(lambda s: s.auth)]
 
 
-async def get_users(request: Request) -> UserStore:
-    users: UserStore = request.app.state.users
-    return users
-
-
-async def get_presence(request: Request) -> Presence:
-    presence: Presence = request.app.state.presence
-    return presence
-
-
-async def get_throttle(request: Request) -> LoginThrottle:
-    throttle: LoginThrottle = request.app.state.throttle
-    return throttle
-
-
-async def get_auth(request: Request) -> Auth:
-    auth: Auth = request.app.state.auth
-    return auth
-
-
-async def session_key(request: Request) -> SessionKey | None:
+async def session_key(request: Request, auth: AuthDep) -> SessionKey | None:
     """The session cookie, parsed once per request (FastAPI caches a dependency's value)."""
-    auth: Auth = request.app.state.auth
     return auth.session_key(request)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[SessionStore, Depends(get_store)]
-UsersDep = Annotated[UserStore, Depends(get_users)]
-PresenceDep = Annotated[Presence, Depends(get_presence)]
-ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
-AuthDep = Annotated[Auth, Depends(get_auth)]
 MaybeKey = Annotated[SessionKey | None, Depends(session_key)]
 
 
@@ -75,19 +59,19 @@ def required(key: SessionKey | None) -> SessionKey:
     return key
 
 
-async def current_session(request: Request, key: MaybeKey) -> Session:
+async def current_session(store: StoreDep, key: MaybeKey) -> Session:
     """The caller's whole session, cart included, read from the store."""
-    return signed_in(await request.app.state.sessions.touch(required(key)))
+    return signed_in(await store.touch(required(key)))
 
 
-async def current_identity(request: Request, key: MaybeKey) -> Session:
+async def current_identity(store: StoreDep, key: MaybeKey) -> Session:
     """Who the caller is (the cart left out), possibly from the near cache."""
-    return signed_in(await request.app.state.sessions.identify(required(key)))
+    return signed_in(await store.identify(required(key)))
 
 
-async def optional_session(request: Request, key: MaybeKey) -> Session | None:
+async def optional_session(store: StoreDep, key: MaybeKey) -> Session | None:
     """For pages: the session if there is a valid one, None (not 401) otherwise."""
-    return await request.app.state.sessions.touch(key) if key else None
+    return await store.touch(key) if key else None
 
 
 CurrentSession = Annotated[Session, Depends(current_session)]
@@ -110,10 +94,9 @@ def request_id() -> str:
 IdempotencyKey = Annotated[str, Depends(idempotency_key)]
 
 
-async def admitted(request: Request) -> AsyncIterator[None]:
+async def admitted(admission: AdmissionDep) -> AsyncIterator[None]:
     """For the requests that hash a password: admitted first (app.admission), or 503 at once,
     before anything is counted or written."""
-    admission: Admission = request.app.state.admission
     async with admission.admit():
         yield
 

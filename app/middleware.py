@@ -10,13 +10,14 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.config import PROXY_HEADER
 from app.presence import Presence
 
 log = logging.getLogger("webfarm")
 
-#: Set by the balancer on every request it forwards (see nginx/nginx.conf.j2); only a request that
-#: carries the farm's proxy secret may tell us the client's address and scheme.
-PROXY_HEADER = b"x-webfarm-proxy"
+#: As ASGI spells header names: only a request that carries the farm's proxy secret in it may tell
+#: us the client's address and scheme.
+_PROXY_HEADER_KEY = PROXY_HEADER.lower().encode("latin-1")
 
 
 #: The app's answer whenever the session store fails it: a timeout, a refused connection, or the
@@ -127,7 +128,7 @@ class TrustedProxyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.secret:
             headers = dict(scope["headers"])
-            if hmac.compare_digest(headers.get(PROXY_HEADER, b""), self.secret):
+            if hmac.compare_digest(headers.get(_PROXY_HEADER_KEY, b""), self.secret):
                 forwarded_for = headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[-1].strip()
                 proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").strip()
                 scope = dict(scope)

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -15,6 +15,8 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from app import csrf
+from app.auth import Auth
+from app.config import DEMO_PASSWORD, DEMO_USERNAME
 from app.deps import (
     Admitted,
     AuthDep,
@@ -26,6 +28,7 @@ from app.deps import (
     same_origin,
 )
 from app.schemas import CartItem, Credentials
+from app.services import Services
 from app.sessions import CartAdd, CartFull, SessionKey
 
 router = APIRouter(include_in_schema=False)
@@ -33,6 +36,7 @@ router = APIRouter(include_in_schema=False)
 forms = APIRouter(include_in_schema=False, dependencies=[Depends(same_origin)])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["clock"] = lambda ts: datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S UTC")
+templates.env.globals.update(demo_username=DEMO_USERNAME, demo_password=DEMO_PASSWORD)
 
 CsrfField = Annotated[str, Form(alias="csrf_token", max_length=128)]
 Username = Annotated[str, Form()]
@@ -40,11 +44,14 @@ Password = Annotated[str, Form()]
 INSTANCE_NAME_RE = re.compile(r"[a-z0-9-]{1,32}")
 QTY_RE = re.compile(r"[0-9]{1,4}")
 FIELD_MESSAGES = {"username": "3-32 characters: a-z, 0-9, _ . -", "password": "8-128 characters"}
+#: The two forms of login.html, and the field a refusal of each is shown next to.
+Mode = Literal["login", "register"]
+REFUSED_FIELD: dict[Mode, str] = {"login": "password", "register": "username"}
 
 
 def render(request: Request, template: str, key: SessionKey | None, status_code: int = 200,
            headers: Mapping[str, str] | None = None, **context: Any) -> HTMLResponse:
-    settings = request.app.state.settings
+    settings = Services.of(request.app).settings
     token, pre_session = csrf.issue(request, settings, key)
     response = templates.TemplateResponse(
         request, template, {"csrf_token": token, "served_by": settings.instance_name, **context},
@@ -56,22 +63,12 @@ def render(request: Request, template: str, key: SessionKey | None, status_code:
 
 
 def require_csrf(request: Request, key: SessionKey | None, token: str) -> None:
-    if not csrf.is_valid(request, request.app.state.settings, key, token):
+    if not csrf.is_valid(request, Services.of(request.app).settings, key, token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid or missing CSRF token; reload the page")
 
 
 def field_errors(exc: ValidationError) -> dict[str, str]:
     return {str(e["loc"][0]): FIELD_MESSAGES.get(str(e["loc"][0]), e["msg"]) for e in exc.errors()}
-
-
-def credentials_form(request: Request, key: SessionKey | None, mode: str, username: str,
-                     password: str) -> Credentials | HTMLResponse:
-    """The API's own validation, for the form: the same rules, shown next to the fields."""
-    try:
-        return Credentials(username=username, password=password)
-    except ValidationError as exc:
-        return render(request, "login.html", key, status.HTTP_422_UNPROCESSABLE_CONTENT, mode=mode,
-                      username=username[:32], errors=field_errors(exc))
 
 
 @router.get("/")
@@ -92,34 +89,37 @@ async def register_page(request: Request, key: MaybeKey) -> HTMLResponse:
 @forms.post("/login", dependencies=[Admitted])
 async def login_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
                      username: Username = "", password: Password = "") -> Response:
-    require_csrf(request, key, csrf_token)
-    creds = credentials_form(request, key, "login", username, password)
-    if isinstance(creds, HTMLResponse):
-        return creds
-    try:
-        epoch = await auth.check_password(request, creds.username, creds.password)
-    except HTTPException as refused:
-        return render(request, "login.html", key, refused.status_code, mode="login", username=creds.username,
-                      errors={"password": refused.detail}, headers=refused.headers)
-    response = RedirectResponse("/dashboard", status.HTTP_303_SEE_OTHER)
-    await auth.start_session(request, response, creds.username, epoch)
-    return response
+    return await account_form(request, key, auth, csrf_token, "login", username, password)
 
 
 @forms.post("/register", dependencies=[Admitted])
 async def register_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
                         username: Username = "", password: Password = "") -> Response:
+    return await account_form(request, key, auth, csrf_token, "register", username, password)
+
+
+async def account_form(request: Request, key: SessionKey | None, auth: Auth, csrf_token: str, mode: Mode,
+                       username: str, password: str) -> Response:
+    """Both forms: the CSRF token, the API's own validation (its rules shown next to the fields),
+    the password check or the new account, then a fresh session and the dashboard. A refusal (401,
+    409, 429) is the form again with the reason next to its field, and the refusal's headers."""
     require_csrf(request, key, csrf_token)
-    creds = credentials_form(request, key, "register", username, password)
-    if isinstance(creds, HTMLResponse):
-        return creds
     try:
-        await auth.register(request, creds.username, creds.password, request_id())
+        creds = Credentials(username=username, password=password)
+    except ValidationError as exc:
+        return render(request, "login.html", key, status.HTTP_422_UNPROCESSABLE_CONTENT, mode=mode,
+                      username=username[:32], errors=field_errors(exc))
+    try:
+        if mode == "login":
+            epoch = await auth.check_password(request, creds.username, creds.password)
+        else:
+            await auth.register(request, creds.username, creds.password, request_id())
+            epoch = await auth.store.epoch(creds.username)
     except HTTPException as refused:
-        return render(request, "login.html", key, refused.status_code, mode="register", username=creds.username,
-                      errors={"username": refused.detail}, headers=refused.headers)
+        return render(request, "login.html", key, refused.status_code, mode=mode, username=creds.username,
+                      errors={REFUSED_FIELD[mode]: refused.detail}, headers=refused.headers)
     response = RedirectResponse("/dashboard", status.HTTP_303_SEE_OTHER)
-    await auth.start_session(request, response, creds.username, await auth.store.epoch(creds.username))
+    await auth.start_session(request, response, creds.username, epoch)
     return response
 
 

@@ -4,7 +4,7 @@ the CSRF secret of its instances, and the proxy secret nginx shows them (see app
 import secrets
 from pathlib import Path
 
-PROXY_HEADER = "X-Webfarm-Proxy"
+from app.config import PROXY_HEADER
 
 
 def farm_secret(state_dir: Path, name: str) -> str:

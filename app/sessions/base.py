@@ -9,6 +9,8 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
+from app.config import CART_MAX_ITEMS, CART_MAX_QTY
+
 TOKEN_BYTES = 32
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -73,8 +75,8 @@ class Limits:
 
     idle_timeout_s: int
     absolute_timeout_s: int
-    max_cart_items: int = 50
-    max_item_qty: int = 999
+    max_cart_items: int = CART_MAX_ITEMS
+    max_item_qty: int = CART_MAX_QTY
 
     @property
     def idle_ms(self) -> int:

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from app.config import DEMO_CSRF_SECRET, Environment, Settings
+from app.config import DEMO_CSRF_SECRET, DEMO_USERNAME, Environment, Settings
 
 
 @pytest.mark.parametrize("secret", [None, DEMO_CSRF_SECRET, "too-short-for-production"])
@@ -20,4 +20,4 @@ def test_production_creates_no_demo_account_and_no_crash_button() -> None:
 
 def test_demo_keeps_its_public_defaults() -> None:
     settings = Settings(environment=Environment.DEMO)
-    assert (settings.demo_user, settings.csrf_secret) == ("demo", DEMO_CSRF_SECRET)
+    assert (settings.demo_user, settings.csrf_secret) == (DEMO_USERNAME, DEMO_CSRF_SECRET)

@@ -29,13 +29,13 @@ def test_a_session_token_is_valid_for_its_session_only() -> None:
 def test_a_pre_session_token_needs_the_cookie_the_server_signed() -> None:
     token, cookie = csrf.issue(request(), SETTINGS, None)
     assert cookie is not None
-    assert csrf.is_valid(request({"webfarm_csrf": cookie}), SETTINGS, None, token)
+    assert csrf.is_valid(request({csrf.PRE_SESSION_COOKIE: cookie}), SETTINGS, None, token)
     assert not csrf.is_valid(request(), SETTINGS, None, token)
-    assert not csrf.is_valid(request({"webfarm_csrf": cookie}), Settings(csrf_secret="t" * 32), None, token)
+    assert not csrf.is_valid(request({csrf.PRE_SESSION_COOKIE: cookie}), Settings(csrf_secret="t" * 32), None, token)
 
 
 def test_a_planted_cookie_is_not_signed_and_gets_replaced() -> None:
-    planted = {"webfarm_csrf": "attacker-chosen-value"}
+    planted = {csrf.PRE_SESSION_COOKIE: "attacker-chosen-value"}
     token, cookie = csrf.issue(request(planted), SETTINGS, None)
     assert cookie is not None  # not trusted: a fresh, signed one is issued
     assert not cookie.startswith("attacker-chosen-value")
@@ -49,7 +49,7 @@ def test_over_https_the_cookie_is_host_prefixed_and_secure() -> None:
     assert cookie is not None
     response = Response()
     csrf.set_pre_session_cookie(request(scheme="https"), response, cookie)
-    morsel = SimpleCookie(response.headers["set-cookie"])["__Host-webfarm_csrf"]
+    morsel = SimpleCookie(response.headers["set-cookie"])[f"__Host-{csrf.PRE_SESSION_COOKIE}"]
     assert morsel["secure"]
     assert morsel["path"] == "/"
     assert not morsel["domain"]

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.redis_client import connect_redis
 from app.sessions import Limits, NearCache, RedisSessionStore, SessionKey
+from tests.app.sessions import stores
 
 
 @pytest.fixture
@@ -34,10 +35,8 @@ def near_cache(redis: Redis, subscriber: Redis, absolute_s: int) -> NearCache:
 
 
 async def start(store: NearCache) -> SessionKey:
-    name = SessionKey.new().token[:10].lower()
-    started = await store.create(name, "web1", await store.epoch(name))
-    assert started is not None
-    return started[0]
+    key, _ = await stores.start(store, stores.new_username())
+    return key
 
 
 async def wait_for(condition: object, timeout_s: float = 5) -> None:
@@ -77,12 +76,8 @@ async def test_logout_on_one_instance_is_honoured_by_the_others_when_it_returns(
 
 async def test_sign_out_everywhere_empties_every_cache(instances: list[NearCache]) -> None:
     web1, web2 = instances
-    name = SessionKey.new().token[:10].lower()
-    keys = []
-    for _ in range(3):
-        started = await web1.create(name, "web1", await web1.epoch(name))
-        assert started is not None
-        keys.append(started[0])
+    name = stores.new_username()
+    keys = [(await stores.start(web1, name))[0] for _ in range(3)]
     for key in keys:
         assert await web2.identify(key) is not None
     assert await web1.delete_user(name) == 3

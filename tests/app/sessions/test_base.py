@@ -1,0 +1,76 @@
+"""The store interface (app/sessions/base.py): the key a cookie is parsed into, and the rules every
+store applies the same way - checked on the Redis one and the in-process one alike."""
+
+import pytest
+from redis.asyncio import Redis
+
+from app.config import CART_MAX_ITEMS, CART_MAX_QTY
+from app.sessions import CartAdd, CartFull, CartRefused, Limits, SessionKey, SessionStore
+from tests.app.sessions.stores import memory_store, new_username, redis_store, start
+
+
+def test_new_key_has_256_random_bits() -> None:
+    keys = {SessionKey.new() for _ in range(1000)}
+    assert len({k.token for k in keys}) == 1000
+    assert all(len(k.token) == 43 and SessionKey.parse(k.token) == k for k in keys)
+
+
+@pytest.mark.parametrize("token", ["", "short", "A" * 42, "A" * 44, "A" * 42 + "=", "é" * 43, "A" * 42 + "\n"])
+def test_parse_rejects_what_cannot_be_a_token(token: str) -> None:
+    assert SessionKey.parse(token) is None
+
+
+def test_limits_default_to_the_settings_defaults() -> None:
+    limits = Limits(60, 3600)
+    assert (limits.max_cart_items, limits.max_item_qty) == (CART_MAX_ITEMS, CART_MAX_QTY)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest, redis: Redis) -> SessionStore:
+    """Both stores apply the same rules; the in-process one only fails at being shared."""
+    return redis_store(redis, max_cart_items=3, max_item_qty=10) if request.param == "redis" \
+        else memory_store(max_cart_items=3, max_item_qty=10)
+
+
+async def test_an_add_repeated_with_its_request_id_applies_once(store: SessionStore) -> None:
+    key, _ = await start(store, new_username())
+    for _ in range(3):
+        session = await store.touch(key, CartAdd("apple", 2, request_id="req-1"))
+    assert session is not None
+    assert session.cart == {"apple": 2}
+    assert session.requests == 1  # the repeats are not requests of their own either
+    again = await store.touch(key, CartAdd("apple", 2, request_id="req-2"))
+    assert again is not None
+    assert again.cart == {"apple": 4}
+
+
+async def test_cart_limits_refuse_and_change_nothing(store: SessionStore) -> None:
+    key, _ = await start(store, new_username())
+    for sku in ("a", "b", "c"):
+        await store.touch(key, CartAdd(sku, 1))
+    with pytest.raises(CartFull) as refused:
+        await store.touch(key, CartAdd("d", 1))
+    assert refused.value.reason is CartRefused.TOO_MANY_ITEMS
+    with pytest.raises(CartFull) as refused:
+        await store.touch(key, CartAdd("a", 10))
+    assert refused.value.reason is CartRefused.QUANTITY_TOO_HIGH
+    session = await store.touch(key, CartAdd("a", 9))  # exactly at the limit
+    assert session is not None
+    assert session.cart == {"a": 10, "b": 1, "c": 1}
+
+
+async def test_delete_user_ends_all_of_a_users_sessions(store: SessionStore) -> None:
+    alice, bob = new_username(), new_username()
+    alices = [(await start(store, alice))[0] for _ in range(3)]
+    bobs, _ = await start(store, bob)
+    assert await store.delete_user(alice) == 3
+    assert all([await store.touch(k) is None for k in alices])
+    assert await store.touch(bobs) is not None
+    assert await store.touch((await start(store, alice))[0]) is not None  # a new login works
+
+
+async def test_a_login_that_read_the_epoch_before_delete_user_cannot_start(store: SessionStore) -> None:
+    alice = new_username()
+    epoch = await store.epoch(alice)  # the login read it, then spent its time on argon2 ...
+    await store.delete_user(alice)  # ... while the user signed out everywhere
+    assert await store.create(alice, "web1", epoch) is None
