@@ -11,7 +11,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from farmctl.native import NativeFarm
+from app.config import DEMO_PASSWORD, DEMO_USERNAME, SESSION_COOKIE
+from farmctl.runtime import Farm
 from tests.conftest import FarmFactory
 
 pytestmark = pytest.mark.browser
@@ -20,7 +21,6 @@ SHOTS = Path(__file__).resolve().parents[2] / "reports" / "e2e"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 10_000
-SESSION_COOKIE = "webfarm_session"
 PASSWORD = "e2e-password-123"
 
 
@@ -32,17 +32,17 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) 
         time.sleep(0.1)
 
 
-def demo_login(farm: NativeFarm) -> httpx.Response:
-    return httpx.post(f"{farm.config.balancer_url}/api/login", json={"username": "demo", "password": "demo-password"},
-                      timeout=10)
+def demo_login(farm: Farm) -> httpx.Response:
+    return httpx.post(f"{farm.config.balancer_url}/api/login",
+                      json={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}, timeout=10)
 
 
-def restarted(farm: NativeFarm, name: str, old_pid: int) -> bool:
+def restarted(farm: Farm, name: str, old_pid: int) -> bool:
     return farm.pid(name) not in (0, old_pid) and farm.is_serving(name)
 
 
 @pytest.fixture(scope="module")
-def e2e_farm(farm_factory: FarmFactory) -> NativeFarm:
+def e2e_farm(farm_factory: FarmFactory) -> Farm:
     """A farm of this module's own (these tests kill instances), once the demo account exists."""
     farm = farm_factory(3, demo_controls=True)
     wait_until(lambda: demo_login(farm).status_code == 200, "the demo account accepting its password")
@@ -50,7 +50,7 @@ def e2e_farm(farm_factory: FarmFactory) -> NativeFarm:
 
 
 @pytest.fixture(autouse=True)
-def healthy_farm(e2e_farm: NativeFarm) -> None:
+def healthy_farm(e2e_farm: Farm) -> None:
     """Every test starts with every instance serving, whatever the previous one killed."""
     e2e_farm.wait_healthy(20)
 
@@ -71,7 +71,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
-def new_context(browser: Browser, farm: NativeFarm, javascript: bool = True) -> BrowserContext:
+def new_context(browser: Browser, farm: Farm, javascript: bool = True) -> BrowserContext:
     context = browser.new_context(base_url=farm.config.balancer_url, java_script_enabled=javascript,
                                   viewport={"width": 1100, "height": 800})
     context.set_default_timeout(TIMEOUT_MS)
@@ -79,7 +79,7 @@ def new_context(browser: Browser, farm: NativeFarm, javascript: bool = True) -> 
 
 
 @pytest.fixture
-def page(browser: Browser, e2e_farm: NativeFarm) -> Iterator[Page]:
+def page(browser: Browser, e2e_farm: Farm) -> Iterator[Page]:
     context = new_context(browser, e2e_farm)
     yield context.new_page()
     context.close()
@@ -136,11 +136,11 @@ def session_cookie(page: Page) -> str:
     return next(c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE)
 
 
-def api_me(farm: NativeFarm, cookie: str) -> httpx.Response:
+def api_me(farm: Farm, cookie: str) -> httpx.Response:
     return httpx.get(f"{farm.config.balancer_url}/api/me", cookies={SESSION_COOKIE: cookie}, timeout=10)
 
 
-def test_sigkill_of_the_serving_instance_keeps_user_signed_in_with_cart(e2e_farm: NativeFarm, page: Page) -> None:
+def test_sigkill_of_the_serving_instance_keeps_user_signed_in_with_cart(e2e_farm: Farm, page: Page) -> None:
     user = "e2e" + secrets.token_hex(4)
     page.goto("/login")
     expect(page.locator("h1")).to_have_text("Sign in")
@@ -186,10 +186,10 @@ def test_sigkill_of_the_serving_instance_keeps_user_signed_in_with_cart(e2e_farm
 
 
 def test_farm_panel_shows_every_instance_and_keeps_refreshing_through_a_restart(
-        e2e_farm: NativeFarm, page: Page) -> None:
+        e2e_farm: Farm, page: Page) -> None:
     js_errors: list[str] = []
     page.on("pageerror", lambda exc: js_errors.append(str(exc)))
-    sign_in(page, "demo", "demo-password")
+    sign_in(page, DEMO_USERNAME, DEMO_PASSWORD)
     names = e2e_farm.instance_names()
 
     def all_up_and_counting() -> bool:
@@ -219,19 +219,19 @@ def test_farm_panel_shows_every_instance_and_keeps_refreshing_through_a_restart(
     assert js_errors == []
 
 
-def test_login_form_shows_field_errors_without_javascript(browser: Browser, e2e_farm: NativeFarm) -> None:
+def test_login_form_shows_field_errors_without_javascript(browser: Browser, e2e_farm: Farm) -> None:
     context = new_context(browser, e2e_farm, javascript=False)
     page = context.new_page()
     try:
         page.goto("/login")
-        page.fill("#username", "demo")
+        page.fill("#username", DEMO_USERNAME)
         page.fill("#password", "not-the-password")
         with page.expect_response(lambda r: r.request.method == "POST") as posted:
             page.click("form button[type=submit]")
         page.wait_for_load_state("load")
         assert posted.value.status == 401
         expect(page.locator("#password + #password-error")).to_have_text("wrong username or password")
-        expect(page.locator("#username")).to_have_value("demo")
+        expect(page.locator("#username")).to_have_value(DEMO_USERNAME)
         expect(page.locator("#username-error")).to_have_count(0)
 
         page.goto("/register")
@@ -244,14 +244,14 @@ def test_login_form_shows_field_errors_without_javascript(browser: Browser, e2e_
         expect(page.locator("#username + #username-error")).to_contain_text("3-32 characters")
         expect(page.locator("#password-error")).to_have_count(0)
 
-        sign_in(page, "demo", "demo-password")
+        sign_in(page, DEMO_USERNAME, DEMO_PASSWORD)
         assert page.url.endswith("/dashboard")
     finally:
         context.close()
 
 
-def test_crash_button_kills_an_instance_and_user_stays_signed_in(e2e_farm: NativeFarm, page: Page) -> None:
-    sign_in(page, "demo", "demo-password")
+def test_crash_button_kills_an_instance_and_user_stays_signed_in(e2e_farm: Farm, page: Page) -> None:
+    sign_in(page, DEMO_USERNAME, DEMO_PASSWORD)
     expect(page.locator("#crash")).to_contain_text("Crash")
     label = page.inner_text("#crash")
     pids = {name: e2e_farm.pid(name) for name in e2e_farm.instance_names()}
@@ -271,13 +271,13 @@ def test_crash_button_kills_an_instance_and_user_stays_signed_in(e2e_farm: Nativ
         if status == 200:
             break
     assert status == 200
-    expect(page.locator("h1")).to_have_text("Signed in as demo")
+    expect(page.locator("h1")).to_have_text(f"Signed in as {DEMO_USERNAME}")
     wait_until(lambda: restarted(e2e_farm, crashed, pids[crashed]), f"{crashed} restarted by the supervisor")
     assert all(e2e_farm.pid(name) == pid for name, pid in pids.items() if name != crashed)
 
 
-def test_crash_without_csrf_token_is_refused_and_kills_nothing(e2e_farm: NativeFarm, page: Page) -> None:
-    sign_in(page, "demo", "demo-password")
+def test_crash_without_csrf_token_is_refused_and_kills_nothing(e2e_farm: Farm, page: Page) -> None:
+    sign_in(page, DEMO_USERNAME, DEMO_PASSWORD)
     pids = {name: e2e_farm.pid(name) for name in e2e_farm.instance_names()}
     refused_by: set[str] = set()
     for inst in e2e_farm.config.web:
@@ -295,7 +295,7 @@ def test_crash_without_csrf_token_is_refused_and_kills_nothing(e2e_farm: NativeF
         time.sleep(0.2)
 
 
-def test_pages_through_nginx_carry_security_headers(e2e_farm: NativeFarm, page: Page) -> None:
+def test_pages_through_nginx_carry_security_headers(e2e_farm: Farm, page: Page) -> None:
     login = page.goto("/login")
     assert login is not None
     headers = login.all_headers()
@@ -304,7 +304,7 @@ def test_pages_through_nginx_carry_security_headers(e2e_farm: NativeFarm, page: 
     assert headers["x-served-by"] in e2e_farm.instance_names()
 
     with page.expect_response("**/dashboard") as dashboard:
-        sign_in(page, "demo", "demo-password")
+        sign_in(page, DEMO_USERNAME, DEMO_PASSWORD)
     dashboard_headers = dashboard.value.all_headers()
     assert "no-store" in dashboard_headers["cache-control"]
     assert "frame-ancestors 'none'" in dashboard_headers["content-security-policy"]

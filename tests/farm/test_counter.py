@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from farmctl.native import NativeFarm
+from farmctl.runtime import Farm
 from tests.conftest import FarmFactory
 from tests.farm.users import signed_in
 
@@ -25,7 +25,7 @@ def test_exact_mode_counts_every_request_once_whichever_instance_serves_it(farm_
 
 
 def test_near_cache_mode_shows_no_count_it_cannot_keep_and_the_dashboard_never_steps_back(
-        farm: NativeFarm) -> None:
+        farm: Farm) -> None:
     with signed_in(farm.config.balancer_url) as client:
         answers = [client.get("/api/me").json() for _ in range(30)]
         assert {a["served_by"] for a in answers} == {"web1", "web2", "web3"}

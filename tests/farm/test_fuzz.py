@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import SESSION_COOKIE
 from tests.conftest import FarmFactory
 from tests.farm.users import signed_in
 
@@ -33,7 +34,7 @@ def test_fuzzing_the_api_finds_no_5xx_and_no_undocumented_answer(farm_factory: F
     anonymous = schemathesis(base, cwd=tmp_path)
     assert anonymous.returncode == 0, anonymous.stdout[-4000:]
     with signed_in(base) as client:
-        cookie = f"Cookie: webfarm_session={client.cookies['webfarm_session']}"
+        cookie = f"Cookie: {SESSION_COOKIE}={client.cookies[SESSION_COOKIE]}"
     # Signed in, the session-bound operations are reached too (logout excluded: it would end the session).
     signed = schemathesis(base, "-H", cookie, "--exclude-path-regex", "logout", cwd=tmp_path)
     assert signed.returncode == 0, signed.stdout[-4000:]

@@ -1,6 +1,6 @@
 """Gray failures: an instance that hangs with its socket open, one that alone loses its path to
 Redis, and Redis itself hanging - what a signed-in user pays, and what the health loop does
-(farmctl/health.py: readiness through nginx's rotation, liveness through a SIGKILL)."""
+(farmctl/native/health.py: readiness through nginx's rotation, liveness through a SIGKILL)."""
 
 import os
 import threading
@@ -14,8 +14,8 @@ import pytest
 
 from farmctl.config import FarmConfig
 from farmctl.lifecycle import running_farm
-from farmctl.native import NativeFarm
 from farmctl.ports import on_free_ports
+from farmctl.runtime import Farm
 from farmctl.wait import wait_until
 from tests.farm.users import browser_like, signed_in
 
@@ -70,7 +70,7 @@ def user_load(base_url: str, pause_s: float = 0.05) -> Iterator[Seen]:
 
 
 @pytest.fixture(scope="module")
-def gray_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeFarm]:
+def gray_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """A farm of this module's own (each test mends what it breaks), stopped when the module ends."""
     config = FarmConfig(instances=3, state_dir=tmp_path_factory.mktemp("gray"),
                         extra_env={"REGISTER_MAX_PER_ADDRESS": "100000"})
@@ -78,11 +78,12 @@ def gray_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeFarm]:
         yield farm
 
 
-def test_a_hung_instance_leaves_the_rotation_at_once_and_is_restarted(gray_farm: NativeFarm) -> None:
+def test_a_hung_instance_leaves_the_rotation_at_once_and_is_restarted(gray_farm: Farm) -> None:
     """SIGSTOP: the process keeps its socket (the kernel even completes new handshakes) and answers nothing."""
     farm = gray_farm
     with user_load(farm.config.balancer_url) as seen:
-        hung_pid = farm.kill("web2", "STOP")
+        hung_pid = farm.pid("web2")
+        farm.pause("web2")
         stopped = time.monotonic()
         assert wait_until(lambda: "web2" in farm.out_of_rotation(), 5, interval_s=0.05)
         detected = time.monotonic() - stopped
@@ -104,20 +105,21 @@ def test_a_hung_instance_leaves_the_rotation_at_once_and_is_restarted(gray_farm:
     assert {"web1", "web2", "web3"} <= {r[3] for r in seen.requests}  # web2 served before and after
 
 
-def test_a_short_hang_costs_the_rotation_but_not_the_process(gray_farm: NativeFarm) -> None:
+def test_a_short_hang_costs_the_rotation_but_not_the_process(gray_farm: Farm) -> None:
     farm = gray_farm
-    pid = farm.kill("web3", "STOP")
+    pid = farm.pid("web3")
+    farm.pause("web3")
     try:
         assert wait_until(lambda: farm.out_of_rotation() == {"web3": "timeout"}, 5, interval_s=0.05), \
             farm.out_of_rotation()
     finally:
-        farm.kill("web3", "CONT")
+        farm.resume("web3")
     assert wait_until(lambda: not farm.out_of_rotation(), 8, interval_s=0.05), farm.out_of_rotation()
     assert farm.pid("web3") == pid  # back in rotation, not restarted: it answered again before 10 s
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="cutting an instance off uses iptables and cgroups (root)")
-def test_an_instance_cut_off_from_redis_leaves_the_rotation_and_comes_back(gray_farm: NativeFarm) -> None:
+def test_an_instance_cut_off_from_redis_leaves_the_rotation_and_comes_back(gray_farm: Farm) -> None:
     farm = gray_farm
     with user_load(farm.config.balancer_url) as seen:
         farm.cut_off("web2")
@@ -148,11 +150,11 @@ def test_an_instance_cut_off_from_redis_leaves_the_rotation_and_comes_back(gray_
     assert seen.adds_confirmed <= seen.cart["plum"] <= seen.adds_confirmed + len(seen.failed("POST"))
 
 
-def test_when_redis_itself_hangs_no_instance_leaves_the_rotation(gray_farm: NativeFarm) -> None:
+def test_when_redis_itself_hangs_no_instance_leaves_the_rotation(gray_farm: Farm) -> None:
     """Every instance fails its readiness at once: that is Redis, not the instances. They stay in,
     so users get the app's own 503 "session store unavailable", not nginx's "no instance available"."""
     farm = gray_farm
-    farm.kill("redis", "STOP")
+    farm.pause("redis")
     try:
         time.sleep(3)  # long enough for every instance to fail FALL probes
         assert farm.out_of_rotation() == {}
@@ -160,5 +162,5 @@ def test_when_redis_itself_hangs_no_instance_leaves_the_rotation(gray_farm: Nati
         assert response.status_code == 503
         assert response.headers.get("x-served-by")  # an instance answered, not nginx
     finally:
-        farm.kill("redis", "CONT")
+        farm.resume("redis")
     assert wait_until(lambda: httpx.get(f"{farm.config.balancer_url}/readyz", timeout=5).status_code == 200, 5)

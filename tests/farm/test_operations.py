@@ -1,6 +1,7 @@
-"""Graceful operations under a real load: rolling restarts and scaling drop nothing, POSTs included;
-and Redis keeps the sessions across its own crash (AOF)."""
+"""Operations on farms of their own: make up / make down semantics, and under a real load, rolling
+restarts and scaling that drop nothing, POSTs included."""
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -12,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from farmctl.native import NativeFarm
-from farmctl.wait import wait_until
+from farmctl.lifecycle import open_farm
+from farmctl.ports import port_is_free
+from farmctl.runtime import Farm, FarmError
 from tests.conftest import FarmFactory
 from tests.farm.users import browser_like, signed_in
 
@@ -49,7 +51,7 @@ def steady_load(base_url: str, clients: int = 4) -> Iterator[Load]:
         added = load.added.setdefault(str(n), Counter())
         with signed_in(base_url) as client:
             while not stop.is_set():
-                # Spread over SKUs: a cart holds at most 999 of one (the app's CART_MAX_QTY).
+                # Spread over SKUs: a cart holds at most CART_MAX_QTY of one.
                 sku = f"sku{added.total() % SKUS}"
                 try:
                     responses = (counted(load, client, "GET", "/api/me"),
@@ -85,12 +87,33 @@ def assert_nothing_failed(load: Load) -> None:
         assert load.carts[n] == dict(added)  # every acknowledged add is there, and no add twice
 
 
+def test_up_is_idempotent_and_down_frees_every_port(farm_factory: FarmFactory) -> None:
+    farm = farm_factory(instances=2)
+    pids = {s.name: s.pid for s in farm.status()}
+    farm.up()
+    assert {s.name: s.pid for s in farm.status()} == pids
+    assert all(s.up for s in farm.status())
+    farm.down()
+    assert not farm.is_running()
+    assert all(port_is_free(p) for p in farm.config.ports)
+
+
+def test_up_refuses_a_taken_port_with_a_clear_message(farm_factory: FarmFactory) -> None:
+    farm = farm_factory(instances=1, start=False)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", farm.config.http_port))
+        squatter.listen()
+        with pytest.raises(FarmError, match=f"port.*{farm.config.http_port}.*in use"):
+            farm.up()
+    assert not farm.is_running()
+
+
 @pytest.fixture(scope="module")
-def ops_farm(farm_factory: FarmFactory) -> NativeFarm:
+def ops_farm(farm_factory: FarmFactory) -> Farm:
     return farm_factory(3, spare=2)
 
 
-def test_roll_restarts_every_instance_under_load_without_a_failed_request(ops_farm: NativeFarm) -> None:
+def test_roll_restarts_every_instance_under_load_without_a_failed_request(ops_farm: Farm) -> None:
     pids = {i.name: ops_farm.pid(i.name) for i in ops_farm.config.web}
     with steady_load(ops_farm.config.balancer_url) as load:
         took = ops_farm.roll()
@@ -100,8 +123,8 @@ def test_roll_restarts_every_instance_under_load_without_a_failed_request(ops_fa
     assert load.keepalive_retries <= 2 * len(pids) * 4  # at most one per client per nginx reload
 
 
-def test_scale_up_and_down_under_load_without_a_failed_request(ops_farm: NativeFarm) -> None:
-    bigger = NativeFarm(ops_farm.config.replace(instances=5))
+def test_scale_up_and_down_under_load_without_a_failed_request(ops_farm: Farm) -> None:
+    bigger = open_farm(ops_farm.config.replace(instances=5), ops_farm.name)
     with steady_load(ops_farm.config.balancer_url) as load:
         bigger.up()
         time.sleep(1)
@@ -110,18 +133,3 @@ def test_scale_up_and_down_under_load_without_a_failed_request(ops_farm: NativeF
     assert_nothing_failed(load)
     assert [s.name for s in ops_farm.status() if s.name.startswith("web")] == ["web1", "web2", "web3"]
 
-
-def test_sessions_survive_a_redis_crash(farm_factory: FarmFactory) -> None:
-    farm = farm_factory(2)
-    clients: list[httpx.Client] = []
-    with signed_in(farm.config.balancer_url) as first, signed_in(farm.config.balancer_url) as second:
-        for client in (first, second):
-            assert client.post("/api/cart/items", json={"sku": "pear", "qty": 2}).status_code == 200
-        time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
-        old_pid = farm.kill("redis", "KILL")
-        assert wait_until(lambda: farm.pid("redis") not in (0, old_pid), 15), "redis was not restarted"
-        assert wait_until(lambda: farm.unhealthy() == [], 15), farm.unhealthy()
-        clients = [first, second]
-        for client in clients:
-            assert client.get("/api/cart").json() == {"items": {"pear": 2}}
-            assert client.get("/api/me").status_code == 200

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import redis
 
-from farmctl.native import NativeFarm
+from farmctl.runtime import Farm
 from tests.conftest import FarmFactory
 from tests.farm.users import PASSWORD, SSL_CONTEXT, browser_like, new_username, signed_in
 
@@ -30,7 +30,7 @@ BUSY = "too busy, try again shortly"
 
 
 @pytest.fixture(scope="module")
-def storm_farm(farm_factory: FarmFactory) -> NativeFarm:
+def storm_farm(farm_factory: FarmFactory) -> Farm:
     """A farm of its own: the storms leave accounts and sessions behind, and RSS is measured from its start."""
     return farm_factory(3)
 
@@ -86,11 +86,11 @@ async def storm(base_url: str, path: str, bodies: list[dict[str, str]]) -> list[
     return await asyncio.gather(*(post(i, body) for i, body in enumerate(bodies)))
 
 
-def rss_mb(farm: NativeFarm) -> dict[str, float]:
+def rss_mb(farm: Farm) -> dict[str, float]:
     return {i.name: psutil.Process(farm.pid(i.name)).memory_info().rss / 2**20 for i in farm.config.web}
 
 
-def storm_while_reading(farm: NativeFarm, path: str, bodies: list[dict[str, str]]) -> list[httpx.Response]:
+def storm_while_reading(farm: Farm, path: str, bodies: list[dict[str, str]]) -> list[httpx.Response]:
     base = farm.config.balancer_url
     with reading_me(base) as reads:
         started = time.monotonic()
@@ -117,7 +117,7 @@ def storm_while_reading(farm: NativeFarm, path: str, bodies: list[dict[str, str]
     return answers
 
 
-def test_a_registration_storm_leaves_signed_in_users_unharmed(storm_farm: NativeFarm) -> None:
+def test_a_registration_storm_leaves_signed_in_users_unharmed(storm_farm: Farm) -> None:
     names = [new_username("storm") for _ in range(STORM)]
     answers = storm_while_reading(storm_farm, "/api/register", [{"username": n, "password": PASSWORD} for n in names])
     statuses = Counter(r.status_code for r in answers)
@@ -132,7 +132,7 @@ def test_a_registration_storm_leaves_signed_in_users_unharmed(storm_farm: Native
 
 
 def test_a_login_storm_leaves_signed_in_users_unharmed_and_counts_only_what_it_evaluated(
-        storm_farm: NativeFarm) -> None:
+        storm_farm: Farm) -> None:
     """Credential stuffing: hundreds of wrong passwords at one account (a hash each), from as many
     addresses. A refused one is refused before the throttle counts it as an attempt."""
     with signed_in(storm_farm.config.balancer_url) as owner:

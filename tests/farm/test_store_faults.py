@@ -1,6 +1,7 @@
 """A store that hangs or stalls: every request still answers in bounded time - 200, or the app's
 503 with Retry-After - /readyz says so within the health checks' bound, the farm is back the
-moment Redis is, and no cart add is applied twice.
+moment Redis is, and no write is applied twice (a cart add, a registration, repeated with its
+Idempotency-Key after a timeout).
 
 A signed-in user reads /api/me and /api/cart and adds to the cart (repeating a 503'd add with the
 same Idempotency-Key until it is confirmed), while a crowd of other users reads carts: while Redis
@@ -12,7 +13,9 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,22 +23,25 @@ from functools import partial
 import httpx
 import pytest
 
-from farmctl.native import NativeFarm
+from app.config import SESSION_COOKIE
+from farmctl.runtime import Farm
 from tests.farm.users import (
     PASSWORD,
     SSL_CONTEXT,
     browser_like,
     client_from,
     closed_unanswered,
+    login,
     new_username,
     redis_blocked,
+    register,
 )
 
 pytestmark = pytest.mark.farm
 
 #: nginx's proxy_read_timeout: an answer later than this would make nginx take the instance for hung.
 ANSWER_BOUND_S = 2.0
-#: The health checks' probe timeout (farmctl/health.py): /readyz must say 503 well within it.
+#: The health checks' probe timeout (farmctl/native/health.py): /readyz must say 503 well within it.
 READY_BOUND_S = 0.5
 CROWD_RATE = 400
 STORE_UNAVAILABLE = {"detail": "session store unavailable"}
@@ -117,7 +123,7 @@ async def crowd_loop(base_url: str, cookies: httpx.Cookies, seen: Seen, stop: th
 
 
 @contextmanager
-def users_during(farm: NativeFarm) -> Iterator[tuple[Seen, Seen, httpx.Cookies]]:
+def users_during(farm: Farm) -> Iterator[tuple[Seen, Seen, httpx.Cookies]]:
     """The signed-in user and the crowd at work until the block ends; yields what each saw and the user's cookies."""
     user, crowd, stop = Seen(), Seen(), threading.Event()
     base = farm.config.balancer_url
@@ -140,7 +146,7 @@ def users_during(farm: NativeFarm) -> Iterator[tuple[Seen, Seen, httpx.Cookies]]
                 thread.join(60)
 
 
-def readyz_while_faulty(farm: NativeFarm) -> list[tuple[int, float]]:
+def readyz_while_faulty(farm: Farm) -> list[tuple[int, float]]:
     answers = []
     for inst in farm.config.web:
         started = time.monotonic()
@@ -149,7 +155,7 @@ def readyz_while_faulty(farm: NativeFarm) -> list[tuple[int, float]]:
     return answers
 
 
-def assert_bounded_through(farm: NativeFarm, fault: Callable[[], AbstractContextManager[None]]) -> None:
+def assert_bounded_through(farm: Farm, fault: Callable[[], AbstractContextManager[None]]) -> None:
     """Users at work before, during and after `fault`: what they saw, and what /readyz said during it."""
     with users_during(farm) as (user, crowd, cookies):
         with fault():
@@ -182,20 +188,70 @@ def assert_bounded_through(farm: NativeFarm, fault: Callable[[], AbstractContext
 
 
 @contextmanager
-def redis_hung(farm: NativeFarm, seconds: float) -> Iterator[None]:
+def redis_hung(farm: Farm, seconds: float) -> Iterator[None]:
     """SIGSTOP: Redis keeps its sockets (the kernel even completes new connections) and answers nothing."""
-    farm.kill("redis", "STOP")
+    farm.pause("redis")
     stopped = time.monotonic()
     try:
         yield
         time.sleep(max(0.0, stopped + seconds - time.monotonic()))
     finally:
-        farm.kill("redis", "CONT")
+        farm.resume("redis")
 
 
-def test_a_hung_redis_gets_bounded_answers_and_an_immediate_recovery(farm: NativeFarm) -> None:
+def test_a_hung_redis_gets_bounded_answers_and_an_immediate_recovery(farm: Farm) -> None:
     assert_bounded_through(farm, lambda: redis_hung(farm, 5))
 
 
-def test_a_redis_stalled_by_a_long_command_gets_bounded_answers_and_an_immediate_recovery(farm: NativeFarm) -> None:
+def test_a_redis_stalled_by_a_long_command_gets_bounded_answers_and_an_immediate_recovery(farm: Farm) -> None:
     assert_bounded_through(farm, lambda: redis_blocked(farm, 3))
+
+
+def until_not_503(send: Callable[[], httpx.Response], deadline_s: float = 20) -> httpx.Response:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        response = send()
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)
+
+
+def test_writes_during_a_redis_stall_apply_exactly_once(farm: Farm) -> None:
+    """Adds and registrations that time out while Redis is blocked are applied once Redis gets to
+    them; the client repeats each with its Idempotency-Key until it gets an answer, and each counts once."""
+    base = farm.config.balancer_url
+    with client_from(base) as owner:
+        register(owner, username := new_username())
+        assert login(owner, username).status_code == 200
+        cookie = owner.cookies[SESSION_COOKIE]
+    statuses: Counter[int] = Counter()
+
+    def add(i: int) -> int:
+        key = f"add-{i}-{secrets.token_hex(6)}"
+        with httpx.Client(base_url=base, cookies={SESSION_COOKIE: cookie}, timeout=15) as client:
+            def send() -> httpx.Response:
+                response = client.post("/api/cart/items", json={"sku": f"sku{i % 3}", "qty": 1},
+                                       headers={"Idempotency-Key": key})
+                statuses[response.status_code] += 1
+                return response
+            return until_not_503(send).status_code
+
+    def register_one(i: int) -> int:
+        key, name = f"reg-{i}-{secrets.token_hex(6)}", new_username()
+        with client_from(base) as client:
+            def send() -> httpx.Response:
+                response = client.post("/api/register", json={"username": name, "password": PASSWORD},
+                                       headers={"Idempotency-Key": key})
+                statuses[response.status_code] += 1
+                return response
+            return until_not_503(send).status_code
+
+    with redis_blocked(farm, 3), ThreadPoolExecutor(24) as pool:
+        adds = list(pool.map(add, range(30)))
+        registrations = list(pool.map(register_one, range(10)))
+    assert adds == [200] * 30
+    assert registrations == [201] * 10  # never a 409 for a name nobody had
+    assert statuses[503] > 0  # the stall was real: requests timed out and were repeated
+    with httpx.Client(base_url=base, cookies={SESSION_COOKIE: cookie}) as client:
+        assert client.get("/api/cart").json() == {"items": {"sku0": 10, "sku1": 10, "sku2": 10}}
+

@@ -1,6 +1,8 @@
-"""What the farm tests share: signed-in clients, clients from an address of their own, a
-browser's resend of a request a closing connection never read, and a real Redis stall."""
+"""What the farm tests share: registering and logging in, signed-in clients, clients from an
+address of their own, the forms' CSRF token, a browser's resend of a request a closing connection
+never read, and a real Redis stall."""
 
+import re
 import secrets
 import ssl
 import threading
@@ -12,15 +14,32 @@ from typing import Any
 import httpx
 import redis
 
-from farmctl.native import NativeFarm
+from farmctl.runtime import Farm
 
 PASSWORD = "correct-horse-battery"
 #: One for tests that open hundreds of clients: httpx would load the CA bundle for each (15 ms of CPU each).
 SSL_CONTEXT = ssl.create_default_context()
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def new_username(prefix: str = "t") -> str:
     return f"{prefix}{secrets.token_hex(6)}"
+
+
+def register(client: httpx.Client, username: str, password: str = PASSWORD) -> None:
+    assert client.post("/api/register", json={"username": username, "password": password}).status_code == 201
+
+
+def login(client: httpx.Client, username: str, password: str = PASSWORD,
+          headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.post("/api/login", json={"username": username, "password": password}, headers=headers)
+
+
+def form_token(client: httpx.Client, page: str) -> str:
+    """The CSRF token of the form on `page`."""
+    match = CSRF_FIELD.search(client.get(page).text)
+    assert match
+    return match[1]
 
 
 @contextmanager
@@ -28,8 +47,8 @@ def signed_in(base_url: str, username: str | None = None) -> Iterator[httpx.Clie
     """Register a fresh user through `base_url`, log in, and yield a client holding the cookie."""
     username = username or new_username()
     with httpx.Client(base_url=base_url, timeout=10) as client:
-        assert client.post("/api/register", json={"username": username, "password": PASSWORD}).status_code == 201
-        response = client.post("/api/login", json={"username": username, "password": PASSWORD})
+        register(client, username)
+        response = login(client, username)
         assert response.status_code == 200, response.text
         yield client
 
@@ -74,7 +93,7 @@ def client_from(base_url: str, address: str | None = None) -> Iterator[httpx.Cli
 
 
 @contextmanager
-def redis_blocked(farm: NativeFarm, seconds: float) -> Iterator[None]:
+def redis_blocked(farm: Farm, seconds: float) -> Iterator[None]:
     """Redis itself busy in a long Lua script: every other client waits, for real."""
     def block() -> None:
         with redis.Redis.from_url(farm.config.redis_url, socket_timeout=seconds + 5) as client:

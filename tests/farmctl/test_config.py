@@ -1,10 +1,10 @@
-"""FarmConfig: read from the make variables, moved onto free ports, carried whole to another process."""
+"""FarmConfig: read from the make variables, refusing what no farm can be, carried whole to another process."""
 
 import pytest
 from pydantic import ValidationError
 
 from farmctl.config import FarmConfig
-from farmctl.ports import on_free_ports, port_is_free
+from farmctl.ports import on_free_ports
 
 
 def test_from_env_reads_make_variables_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,13 +36,3 @@ def test_from_json_same_config_whatever_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("HTTP_PORT", "1")
     assert FarmConfig.from_json(config.model_dump_json()) == config
 
-
-def test_on_free_ports_moves_every_port_and_keeps_the_rest() -> None:
-    config = FarmConfig(instances=4, balance="sticky", redis_mode="sentinel")
-    moved = on_free_ports(config, spare=2)
-    assert all(port_is_free(p) for p in moved.ports)
-    assert not set(moved.ports) & set(config.ports)
-    assert len(set(moved.ports)) == len(moved.ports)
-    assert moved.replace(instances=6).ports[-1] < moved.replica_port  # the spare ports lie before the replica's
-    assert (moved.instances, moved.balance, moved.state_dir) == (4, "sticky", config.state_dir)
-    assert on_free_ports(FarmConfig(https_port=0)).https_port == 0

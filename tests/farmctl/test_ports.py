@@ -1,10 +1,11 @@
-"""Free ports and the one layout of a farm's ports."""
+"""Free ports, the one layout of a farm's ports, and a config moved onto them."""
 
 import socket
 
 import pytest
 
-from farmctl.ports import free_layout, free_port_block, port_is_free
+from farmctl.config import FarmConfig
+from farmctl.ports import free_layout, free_port_block, on_free_ports, port_is_free
 
 
 def test_port_is_free_false_while_something_listens() -> None:
@@ -35,3 +36,14 @@ def test_free_layout_distinct_ports_in_one_block(https: bool, spare: int, sentin
     assert len(set(taken)) == len(taken) == 2 + https + 3 + spare + 4 * sentinel
     assert max(taken) - min(taken) == len(taken) - 1  # one block: nothing else lands in between
     assert (ports["https_port"] != 0) is https
+
+
+def test_on_free_ports_moves_every_port_and_keeps_the_rest() -> None:
+    config = FarmConfig(instances=4, balance="sticky", redis_mode="sentinel")
+    moved = on_free_ports(config, spare=2)
+    assert all(port_is_free(p) for p in moved.ports)
+    assert not set(moved.ports) & set(config.ports)
+    assert len(set(moved.ports)) == len(moved.ports)
+    assert moved.replace(instances=6).ports[-1] < moved.replica_port  # the spare ports lie before the replica's
+    assert (moved.instances, moved.balance, moved.state_dir) == (4, "sticky", config.state_dir)
+    assert on_free_ports(FarmConfig(https_port=0)).https_port == 0

@@ -1,0 +1,22 @@
+"""What several farm test modules take from the shared farm: a client of its balancer, and one of its Redis."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from farmctl.runtime import Farm
+
+
+@pytest.fixture
+def api(farm: Farm) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=farm.config.balancer_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def store(farm: Farm) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(farm.config.redis_url, decode_responses=True)
+    yield client
+    client.close()
