@@ -22,9 +22,8 @@ from bench.redisstats import Calls, Counts, calls, delta
 from bench.wrk import WrkResult, duration_seconds, run_wrk
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
-from farmctl.native import NativeFarm
 from farmctl.ports import free_port_block, on_free_ports
-from farmctl.runtime import FarmError
+from farmctl.runtime import Farm, FarmError
 from farmctl.wait import answers, wait_until
 
 DEMO_CREDENTIALS = {"username": "demo", "password": "demo-password"}
@@ -116,7 +115,7 @@ class Peer:
 class Stage:
     """Everything started for the bench, and what to account a measurement's work to."""
 
-    farms: dict[str, NativeFarm]  # near, exact, memory
+    farms: dict[str, Farm]  # near, exact, memory
     peers: dict[str, Peer] = field(default_factory=dict)
     _redis: dict[str, Redis] = field(default_factory=dict)
 
@@ -275,7 +274,8 @@ def run_rounds(spec: BenchSpec, stage: Stage, todo: list[Target]) -> Measurement
     def route(target: Target) -> None:
         farm = stage.farms.get(target.system)
         if farm is not None and target.active is not None and target.active != active[target.system]:
-            farm.set_draining({i.name for i in farm.config.web[target.active:]})
+            farm.undrain()
+            farm.drain(*(i.name for i in farm.config.web[target.active:]))
             active[target.system] = target.active
 
     if spec.warmup not in ("", "0", "0s"):
@@ -312,7 +312,7 @@ def run_bench(spec: BenchSpec) -> Measurements:
     if spec.rounds < 1 or spec.instances < 1 or spec.connections < spec.threads or spec.rate <= 0:
         raise BenchError("need rounds >= 1, instances >= 1, connections >= threads and rate > 0")
     with ExitStack() as stack:
-        farms: dict[str, NativeFarm] = {}
+        farms: dict[str, Farm] = {}
         try:
             for mode, env in MODES.items():
                 farms[mode] = stack.enter_context(running_farm(

@@ -27,8 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from farmctl import redis_ha
-from farmctl.runtime import Farm
+from farmctl.runtime import Capability, Farm
 from farmctl.wait import answers, wait_until
 from loadtest.ledger import Fault, Ledger
 from loadtest.storm import Storm
@@ -56,14 +55,14 @@ def refusal(farm: Farm, mode: str) -> str | None:
     """Why `farm` cannot take CHAOS=`mode` by design (None: it can)."""
     if mode not in MODES:
         return f"CHAOS must be one of {', '.join(MODES)}, not {mode!r}"
-    if mode == "redis" and (not farm.config.sentinel or farm.name != "native"):
+    if mode == "redis" and (not farm.config.sentinel or Capability.REDIS_FAILOVER not in farm.capabilities):
         return ("CHAOS=redis kills the Redis primary and needs a native farm with REDIS=sentinel "
                 "(a replica and Sentinels to fail over to)")
     if mode in ("redis-stall", "mixed") and farm.config.sentinel:
         return (f"CHAOS={mode} stalls the one Redis of a single-Redis farm; with REDIS=sentinel a stall "
                 f"of {STALL_S:g} s is a failover (CHAOS=redis)")
-    if mode in ("partition", "mixed") and farm.name != "native":
-        return f"CHAOS={mode} cuts an instance off from Redis with iptables: native runtime only"
+    if mode in ("partition", "mixed") and Capability.CUT_OFF not in farm.capabilities:
+        return f"CHAOS={mode} cuts an instance off from Redis, which the {farm.name} runtime cannot do"
     if mode in ("hang", "partition", "mixed") and farm.config.instances < 2:
         return f"CHAOS={mode} takes an instance out and never the last one: it needs N=2 or more"
     return None
@@ -74,7 +73,7 @@ def mend(farm: Farm) -> None:
     processes, reconnect instances cut off. Harmless on a healthy farm."""
     for name in [*farm.config.redis_nodes, *farm.instance_names()]:
         with contextlib.suppress(Exception):  # not running (restarting): nothing to resume
-            farm.kill(name, "CONT")
+            farm.resume(name)
     for name in farm.instance_names():
         with contextlib.suppress(Exception):  # not cut off, or a runtime that cannot cut off
             farm.reconnect(name)
@@ -148,9 +147,8 @@ class Chaos:
             threading.Thread(target=self._await_return, args=(fault,), daemon=True).start()
 
     def _kill_primary(self) -> None:
-        config = self.farm.config
-        primary = redis_ha.primary_name(config)
-        if self.down or primary is None or not redis_ha.failover_ready(config):
+        primary = self.farm.redis_primary()
+        if self.down or primary is None or not self.farm.failover_ready():
             log.info("chaos: skipping a kill, no replica in sync with the primary (%s) yet", primary)
             return
         fault = self._kill(primary)
@@ -167,7 +165,7 @@ class Chaos:
 
     def _await_failover(self, fault: Fault) -> None:
         def failed_over() -> bool:
-            primary = redis_ha.primary_name(self.farm.config)
+            primary = self.farm.redis_primary()
             if primary is None or primary == fault.name:
                 return False
             return answers(f"{self.farm.config.balancer_url}/readyz", 2)
@@ -186,11 +184,11 @@ class Chaos:
     def _hang(self) -> None:
         if (victim := self._victim()) is None:
             return
-        pid = self._pid(victim)
-        fault = self._inject("hang", victim, lambda: self.farm.kill(victim, "STOP"), "STOP")
+        pid = self.farm.pid(victim)
+        fault = self._inject("hang", victim, lambda: self.farm.pause(victim), "STOP")
         fault.restarted = self._watch(
-            fault, HANG_GIVE_UP_S, lift=lambda: self.farm.kill(victim, "CONT"),
-            ended=lambda: self._pid(victim) not in (pid, 0),
+            fault, HANG_GIVE_UP_S, lift=lambda: self.farm.resume(victim),
+            ended=lambda: self.farm.pid(victim) not in (pid, 0),
             detected=lambda: victim in self.farm.out_of_rotation(), recovered=lambda: self._in_rotation(victim))
 
     def _partition(self) -> None:
@@ -202,8 +200,8 @@ class Chaos:
 
     def _redis_stall(self) -> None:
         node = next(iter(self.farm.config.redis_nodes))
-        fault = self._inject("redis-stall", node, lambda: self.farm.kill(node, "STOP"), "STOP")
-        self._watch(fault, STALL_S, lift=lambda: self.farm.kill(node, "CONT"), recovered=self._store_answers)
+        fault = self._inject("redis-stall", node, lambda: self.farm.pause(node), "STOP")
+        self._watch(fault, STALL_S, lift=lambda: self.farm.resume(node), recovered=self._store_answers)
         # Detected when the users were first told: the app's own 503 "session store unavailable".
         fault.detected_at = min((r.end for r in self.ledger.requests
                                  if r.status == 503 and r.served_by and r.end >= fault.sent_at), default=None)
@@ -264,9 +262,6 @@ class Chaos:
                 lift()
                 fault.lifted_at = time.time()
             self.down.discard(fault.name)
-
-    def _pid(self, name: str) -> int:
-        return next((s.pid for s in self.farm.status() if s.name == name), 0)
 
     def _in_rotation(self, name: str) -> bool:
         return name not in self.farm.out_of_rotation() and self.farm.is_serving(name)
