@@ -6,7 +6,6 @@ Every configuration runs once per round, rounds alternate in order, and the figu
 medians; on a small, noisy machine the ratios are what to read, not the absolute numbers."""
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = summarize(spec, found, time.monotonic() - started)
     spec.out.mkdir(parents=True, exist_ok=True)
-    (spec.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary.write(spec.out / "summary.json")
     chart(summary, spec.out / "bench.png")
     print("\n" + table(summary))
-    print(f"\nwritten: {spec.out}/summary.json, {spec.out}/bench.png ({summary['runtime_s']:.0f} s)")
+    print(f"\nwritten: {spec.out}/summary.json, {spec.out}/bench.png ({summary.runtime_s:.0f} s)")
     return 0
 
 

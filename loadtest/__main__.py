@@ -8,9 +8,10 @@ from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
 from farmctl.ports import on_free_ports
 from farmctl.runtime import FarmError
-from loadtest.chaos import MODES
+from loadtest.faults import MODES, REDIS
 from loadtest.report import verdict_table
 from loadtest.run import SCENARIOS, LoadSpec, check_chaos, comparison_table, run_scenario, write_comparison
+from loadtest.summary import Comparison, LoadSummary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            defaults = LoadSpec.for_chaos(args.chaos)
+            mode = MODES[args.chaos]
+            defaults = LoadSpec.for_chaos(mode)
             spec = LoadSpec(users=args.users or defaults.users, duration=args.duration or defaults.duration,
                             kill_every_s=args.kill_every or defaults.kill_every_s, kill_signal=args.signal,
-                            chaos=args.chaos)
+                            chaos=mode)
             out = PROJECT_ROOT / "reports" / "loadtest"
             config = FarmConfig.from_env()
-            if args.chaos == "redis" and not env.get("REDIS"):
+            if mode is REDIS and not env.get("REDIS"):
                 config = FarmConfig.from_env(redis_mode="sentinel")  # a primary to kill, a replica to promote
             farm = open_farm(config, args.runtime)
             check_chaos(farm, spec)
@@ -43,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_scenario(farm, spec, out)
             print("\n" + verdict_table(summary))
             print(f"\nwritten: {out}/summary.json, report.html, timeline.png")
-            return 0 if summary["verdict"] == "PASS" else 1
+            return 0 if summary.passed else 1
 
         # Each setup gets a farm of its own on free ports, torn down afterwards.
         spec = LoadSpec(users=args.users or 20, duration=args.duration or "45s",
                         kill_every_s=args.kill_every or 10.0, kill_signal=args.signal)
         out = PROJECT_ROOT / "reports" / "compare"
-        summaries = {}
+        summaries: dict[str, LoadSummary] = {}
         for name, (backend, balance) in SCENARIOS.items():
             slug = name.replace(" + ", "-").replace(" ", "")
             config = FarmConfig(instances=int(env.get("N") or 3), session_backend=backend, balance=balance,
@@ -57,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             config = on_free_ports(config)
             with running_farm(config, "native") as farm:
                 summaries[name] = run_scenario(farm, spec, out / slug, title=name)
-        write_comparison(summaries, out)
-        print("\n" + comparison_table(summaries))
+        comparison = Comparison(summaries)
+        write_comparison(comparison, out)
+        print("\n" + comparison_table(comparison))
         print(f"\nwritten: {out}/summary.json, compare.png (and one folder per setup)")
         return 0
     except FarmError as exc:

@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+from pydantic import TypeAdapter
 
 
 class Outcome(StrEnum):
@@ -64,7 +65,7 @@ class Fault:
     farm restarted the instance, or when the chaos resumed it itself; a stall or partition when the
     chaos lifted it; a storm at its last answer); `recovered_at`: everything served normally again."""
 
-    kind: str  # kill, hang, redis-stall, partition, storm
+    kind: str  # the name of its loadtest.faults.FaultKind
     name: str  # the victim: an instance, a Redis node, or "farm" for a storm
     at: float
     sent_at: float
@@ -83,11 +84,22 @@ class Fault:
         return self.recovered_at is not None and self.restarted is not False
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """How the chaos was set: its CHAOS mode's name, and the interval and signal of its faults."""
+
+    chaos: str = "instances"
+    kill_every_s: float | None = None
+    kill_signal: str | None = None
+
+
 @dataclass
 class Ledger:
+    """Written by the locustfile (ledger.json), read by loadtest.run for the summary."""
+
     started_at: float = 0.0
     stopped_at: float = 0.0
-    settings: dict[str, object] = field(default_factory=dict)
+    settings: RunSettings = field(default_factory=RunSettings)
     requests: list[RequestRecord] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
 
@@ -121,14 +133,7 @@ class Ledger:
 
     @classmethod
     def load(cls, path: Path) -> "Ledger":
-        raw = json.loads(path.read_text())
-        return cls(
-            started_at=raw["started_at"],
-            stopped_at=raw["stopped_at"],
-            settings=raw["settings"],
-            requests=[RequestRecord(**r) for r in raw["requests"]],
-            faults=[Fault(**f) for f in raw["faults"]],
-        )
+        return TypeAdapter(cls).validate_json(path.read_text())
 
 
 @dataclass

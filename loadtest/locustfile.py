@@ -20,7 +20,8 @@ from farmctl.config import CONFIG_VARIABLE, FarmConfig
 from farmctl.lifecycle import open_farm
 from loadtest.addresses import own_address
 from loadtest.chaos import Chaos
-from loadtest.ledger import CartBook, Ledger, Outcome
+from loadtest.faults import chaos_mode
+from loadtest.ledger import CartBook, Ledger, Outcome, RunSettings
 
 PASSWORD = "load-test-password"  # noqa: S105 - throw-away load-test accounts
 SKUS = ["apple", "pear", "plum", "fig", "kiwi"]
@@ -181,14 +182,14 @@ def start_chaos(environment: Environment, **_: Any) -> None:
     global chaos
     ledger.started_at = time.time()
     kill_every = float(os.environ.get("LOADTEST_KILL_EVERY", "15"))
-    ledger.settings = {"kill_every_s": kill_every, "kill_signal": os.environ.get("LOADTEST_KILL_SIGNAL", "KILL"),
-                       "chaos": os.environ.get("LOADTEST_CHAOS", "instances")}
+    ledger.settings = RunSettings(chaos=os.environ.get("LOADTEST_CHAOS", "instances"), kill_every_s=kill_every,
+                                  kill_signal=os.environ.get("LOADTEST_KILL_SIGNAL", "KILL"))
     if kill_every <= 0:
         return
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe of the chaos or request of a storm
     run_time = getattr(environment.parsed_options, "run_time", None)
     farm = open_farm(FarmConfig.from_json(os.environ[CONFIG_VARIABLE]), os.environ.get("RUNTIME") or "auto")
-    chaos = Chaos(farm, ledger, kill_every, str(ledger.settings["kill_signal"]), str(ledger.settings["chaos"]),
+    chaos = Chaos(farm, ledger, kill_every, ledger.settings.kill_signal or "KILL", chaos_mode(ledger.settings.chaos),
                   ends_at=ledger.started_at + run_time if run_time else math.inf)
     chaos.start()
 

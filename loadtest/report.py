@@ -2,14 +2,16 @@
 
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from loadtest.faults import MODES, Kill, recorded_as
 from loadtest.ledger import BROKEN_PROMISES, Ledger, Outcome, RequestRecord, percentile
+from loadtest.storm import PATHS
+from loadtest.summary import Comparison, FaultRow, LoadSummary
 
 #: Requests that start within this many seconds after a kill count as "after a kill".
 AFTER_KILL_WINDOW_S = 5.0
@@ -17,55 +19,55 @@ FAILURE_COLOURS = {
     Outcome.SESSION_LOST: "#d62728", Outcome.MIXUP: "#8c1aff", Outcome.LOST_UPDATE: "#ff7f0e",
     Outcome.PHANTOM_UPDATE: "#e377c2", Outcome.REQUEST_ERROR: "#7f7f7f", Outcome.INDETERMINATE: "#bcbd22",
 }
-#: Each kind of fault its colour on the timeline; all but kills are shaded over their span.
-FAULT_COLOURS = {"kill": "#d62728", "hang": "#9467bd", "redis-stall": "#8c564b", "partition": "#17becf",
-                 "storm": "#ff7f0e"}
 
 
-def summarize(ledger: Ledger, users: int, instances: int, **context: object) -> dict[str, Any]:
+def summarize(ledger: Ledger, users: int, instances: int, *, session_backend: str | None = None,
+              balance: str | None = None, redis: str | None = None, runtime: str | None = None) -> LoadSummary:
     outcomes = ledger.outcomes()
-    failures = {o.value: outcomes.get(o.value, 0) for o in Outcome if o is not Outcome.OK}
+    failures: dict[Outcome, int] = {o: outcomes.get(o.value, 0) for o in Outcome if o is not Outcome.OK}
     duration = max(ledger.stopped_at - ledger.started_at, 1e-9)
     latencies = [(r.end - r.start) * 1000 for r in ledger.requests]
-    kills = [f for f in ledger.faults if f.kind == "kill"]
+    kills = [f for f in ledger.faults if f.kind == Kill.name]
     after_kill = [(r.end - r.start) * 1000 for r in ledger.requests
                   if any(0 <= r.start - k.at <= AFTER_KILL_WINDOW_S for k in kills)]
     steady = [(r.end - r.start) * 1000 for r in ledger.requests
               if not any(0 <= r.start - k.at <= AFTER_KILL_WINDOW_S for k in kills)]
     returns = [k.recovered_at - k.at for k in kills if k.recovered_at is not None]
-    broken = sum(failures[o.value] for o in BROKEN_PROMISES)
+    broken = sum(failures[o] for o in BROKEN_PROMISES)
     unrecovered = sum(1 for f in ledger.faults if not f.recovered)
-    return {
-        "verdict": "PASS" if broken == 0 and unrecovered == 0 and ledger.requests else "FAIL",
-        **context,
-        "duration_s": round(duration, 1),
-        "users": users,
-        "instances": instances,
-        "chaos": ledger.settings.get("chaos", "instances"),
-        "kill_every_s": ledger.settings.get("kill_every_s"),
-        "kill_signal": ledger.settings.get("kill_signal"),
-        "kills": len(kills),
-        "returns": len(returns),
-        "unreturned": len(kills) - len(returns),
-        "return_times_s": [round(t, 2) for t in returns],
-        "max_return_s": round(max(returns), 2) if returns else None,
-        "requests": len(ledger.requests),
-        "failures": failures,
-        "sessions_lost": failures[Outcome.SESSION_LOST.value],
-        "mixups": failures[Outcome.MIXUP.value],
-        "lost_updates": failures[Outcome.LOST_UPDATE.value],
-        "per_instance": dict(sorted(Counter(r.served_by for r in ledger.requests if r.served_by).items())),
-        "rps": round(len(ledger.requests) / duration, 1),
-        "p50_ms": round(percentile(latencies, 50), 1),
-        "p99_ms": round(percentile(latencies, 99), 1),
-        "p99_after_kill_ms": round(percentile(after_kill, 99), 1),
-        "p99_steady_ms": round(percentile(steady, 99), 1),
-        "unrecovered": unrecovered,
-        **fault_metrics(ledger),
-    }
+    rows, calm_p99 = fault_metrics(ledger)
+    return LoadSummary(
+        verdict="PASS" if broken == 0 and unrecovered == 0 and ledger.requests else "FAIL",
+        session_backend=session_backend, balance=balance, redis=redis, runtime=runtime,
+        duration_s=round(duration, 1),
+        users=users,
+        instances=instances,
+        chaos=ledger.settings.chaos,
+        kill_every_s=ledger.settings.kill_every_s,
+        kill_signal=ledger.settings.kill_signal,
+        kills=len(kills),
+        returns=len(returns),
+        unreturned=len(kills) - len(returns),
+        return_times_s=[round(t, 2) for t in returns],
+        max_return_s=round(max(returns), 2) if returns else None,
+        requests=len(ledger.requests),
+        failures=failures,
+        sessions_lost=failures[Outcome.SESSION_LOST],
+        mixups=failures[Outcome.MIXUP],
+        lost_updates=failures[Outcome.LOST_UPDATE],
+        per_instance=dict(sorted(Counter(r.served_by for r in ledger.requests if r.served_by).items())),
+        rps=round(len(ledger.requests) / duration, 1),
+        p50_ms=round(percentile(latencies, 50), 1),
+        p99_ms=round(percentile(latencies, 99), 1),
+        p99_after_kill_ms=round(percentile(after_kill, 99), 1),
+        p99_steady_ms=round(percentile(steady, 99), 1),
+        unrecovered=unrecovered,
+        faults=rows,
+        p99_between_faults_ms=calm_p99,
+    )
 
 
-def fault_metrics(ledger: Ledger) -> dict[str, Any]:
+def fault_metrics(ledger: Ledger) -> tuple[list[FaultRow], float]:
     """Per fault: when the farm detected it, how long it lasted, how long the farm took to recover
     once it ended, and what the users saw from its start to that recovery (p99, failed requests by
     outcome, the app's own 503s); and the users' p99 outside every fault, to compare with."""
@@ -75,55 +77,54 @@ def fault_metrics(ledger: Ledger) -> dict[str, Any]:
     def between(start: float | None, end: float | None) -> float | None:
         return None if start is None or end is None else round(end - start, 2)
 
-    rows: list[dict[str, Any]] = []
+    rows: list[FaultRow] = []
     touched: set[int] = set()
     for f in ledger.faults:
         end = f.recovered_at or ledger.stopped_at
         during = [r for r in ledger.requests if r.start <= end and r.end >= f.sent_at]
         touched.update(id(r) for r in during)
-        failed = Counter(r.outcome for r in during if r.outcome != Outcome.OK)
-        rows.append({
-            "kind": f.kind, "name": f.name, "at_s": round(f.at - ledger.started_at, 1),
-            "detect_s": between(f.at, f.detected_at), "lasted_s": between(f.at, f.lifted_at),
-            "recover_s": between(f.lifted_at, f.recovered_at), "recovered": f.recovered, "restarted": f.restarted,
-            "requests": len(during), "failed": sum(failed.values()), "failures": dict(sorted(failed.items())),
-            "app_503": sum(1 for r in during if r.status == 503 and r.served_by),
-            "p99_ms": round(percentile([ms(r) for r in during], 99), 1),
-            **({"storm": f.counts} if f.counts else {}),
-        })
+        failed = Counter(Outcome(r.outcome) for r in during if r.outcome != Outcome.OK)
+        rows.append(FaultRow(
+            kind=f.kind, name=f.name, at_s=round(f.at - ledger.started_at, 1),
+            detect_s=between(f.at, f.detected_at), lasted_s=between(f.at, f.lifted_at),
+            recover_s=between(f.lifted_at, f.recovered_at), recovered=f.recovered, restarted=f.restarted,
+            requests=len(during), failed=sum(failed.values()), failures=dict(sorted(failed.items())),
+            app_503=sum(1 for r in during if r.status == 503 and r.served_by),
+            p99_ms=round(percentile([ms(r) for r in during], 99), 1),
+            storm=f.counts or None,
+        ))
     calm = [ms(r) for r in ledger.requests if id(r) not in touched]
-    return {"faults": rows, "p99_between_faults_ms": round(percentile(calm, 99), 1)}
+    return rows, round(percentile(calm, 99), 1)
 
 
-def verdict_table(summary: dict[str, Any]) -> str:
-    classic = summary.get("chaos", "instances") in ("instances", "redis")
-    victim = "the Redis primary" if summary.get("chaos") == "redis" else "an instance"
-    faults = summary.get("faults", [])
+def verdict_table(summary: LoadSummary) -> str:
+    mode = MODES[summary.chaos]
+    faults = summary.faults
     chaos_rows = [
-        ("chaos", f"SIG{summary['kill_signal']} to {victim} every {summary['kill_every_s']} s"),
-        ("kills / returns", f"{summary['kills']} / {summary['returns']}  (back after {summary['return_times_s']} s)"),
-    ] if classic else [
-        ("chaos", f"{summary['chaos']}: a fault every {summary['kill_every_s']} s"),
-        ("faults / recovered", f"{len(faults)} / {len(faults) - summary['unrecovered']}"),
+        ("chaos", f"SIG{summary.kill_signal} to {mode.kinds[0].target} every {summary.kill_every_s} s"),
+        ("kills / returns", f"{summary.kills} / {summary.returns}  (back after {summary.return_times_s} s)"),
+    ] if mode.overlapping else [
+        ("chaos", f"{summary.chaos}: a fault every {summary.kill_every_s} s"),
+        ("faults / recovered", f"{len(faults)} / {len(faults) - summary.unrecovered}"),
     ]
-    latency_row = ("p99 after a kill", f"{summary['p99_after_kill_ms']} ms  (steady: {summary['p99_steady_ms']} ms)") \
-        if classic else ("p99 between faults", f"{summary['p99_between_faults_ms']} ms  (each fault's below)")
+    latency_row = ("p99 after a kill", f"{summary.p99_after_kill_ms} ms  (steady: {summary.p99_steady_ms} ms)") \
+        if mode.overlapping else ("p99 between faults", f"{summary.p99_between_faults_ms} ms  (each fault's below)")
     rows = [
-        ("verdict", summary["verdict"]),
-        ("duration", f"{summary['duration_s']} s, {summary['users']} users, {summary['instances']} instances"),
+        ("verdict", summary.verdict),
+        ("duration", f"{summary.duration_s} s, {summary.users} users, {summary.instances} instances"),
         *chaos_rows,
-        ("requests", f"{summary['requests']}  ({summary['rps']} req/s)"),
-        ("latency", f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"),
+        ("requests", f"{summary.requests}  ({summary.rps} req/s)"),
+        ("latency", f"p50 {summary.p50_ms} ms, p99 {summary.p99_ms} ms"),
         latency_row,
-        *((f"  {name}", str(n)) for name, n in summary["failures"].items()),
-        ("per instance", ", ".join(f"{k}: {v}" for k, v in summary["per_instance"].items())),
+        *((f"  {outcome.value}", str(n)) for outcome, n in summary.failures.items()),
+        ("per instance", ", ".join(f"{k}: {v}" for k, v in summary.per_instance.items())),
     ]
     width = max(len(k) for k, _ in rows)
     table = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-    return table if classic else table + "\n\n" + fault_table(faults)
+    return table if mode.overlapping else table + "\n\n" + fault_table(faults)
 
 
-def fault_table(faults: list[dict[str, Any]]) -> str:
+def fault_table(faults: list[FaultRow]) -> str:
     """One line per fault: seconds to detect, how long it lasted, seconds to recover after it ended."""
     def s(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -131,15 +132,15 @@ def fault_table(faults: list[dict[str, Any]]) -> str:
     lines = [f"{'fault':<22}{'at s':>7}{'detect':>8}{'lasted':>8}{'recover':>9}{'p99 ms':>9}{'requests':>10}"
              f"{'failed':>8}{'app 503':>9}  notes"]
     for f in faults:
-        notes = [] if f["recovered"] else ["NOT RECOVERED"]
-        if f["restarted"] is not None:
-            notes.append("restarted by the farm" if f["restarted"] else "not restarted: resumed by the chaos")
-        if storm := f.get("storm"):
+        notes = [] if f.recovered else ["NOT RECOVERED"]
+        if f.restarted is not None:
+            notes.append("restarted by the farm" if f.restarted else "not restarted: resumed by the chaos")
+        if storm := f.storm:
             notes += [f"{path} {storm[path + '_admitted']} admitted / {storm[path + '_refused']} refused / "
-                      f"{storm[path + '_failed']} failed" for path in ("register", "login")]
+                      f"{storm[path + '_failed']} failed" for path in PATHS]
             notes.append(f"refusals p99 {storm['refused_p99_ms']} ms")
-        lines.append(f"{f['kind'] + ' ' + f['name']:<22}{f['at_s']:>7.1f}{s(f['detect_s']):>8}{s(f['lasted_s']):>8}"
-                     f"{s(f['recover_s']):>9}{f['p99_ms']:>9.1f}{f['requests']:>10}{f['failed']:>8}{f['app_503']:>9}"
+        lines.append(f"{f.kind + ' ' + f.name:<22}{f.at_s:>7.1f}{s(f.detect_s):>8}{s(f.lasted_s):>8}"
+                     f"{s(f.recover_s):>9}{f.p99_ms:>9.1f}{f.requests:>10}{f.failed:>8}{f.app_503:>9}"
                      f"  {'; '.join(notes)}")
     return "\n".join(lines)
 
@@ -173,8 +174,9 @@ def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
     totals = [sum(served[n][s] for n in names) or 1 for s in range(seconds)]
     bottom.stackplot(xs, *[[served[n][s] / totals[s] * 100 for s in range(seconds)] for n in names], labels=names)
     for f in ledger.faults:
-        colour, start, end = FAULT_COLOURS[f.kind], f.at - t0, (f.lifted_at or ledger.stopped_at) - t0
-        if f.kind == "kill":
+        kind = recorded_as(f.kind)
+        colour, start, end = kind.colour, f.at - t0, (f.lifted_at or ledger.stopped_at) - t0
+        if kind.instant:
             for axis in (top, bottom):
                 axis.axvline(start, color=colour, linestyle="--", linewidth=1)
         else:  # from the fault's start to its end (lifted, or the farm's restart): shaded behind the
@@ -186,12 +188,12 @@ def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
                 axis.axvline(f.recovered_at - t0, color="#2ca02c", linestyle=":", linewidth=1)
     for f in ledger.faults:
         top.annotate(f"{f.kind} {f.name}", (f.at - t0, top.get_ylim()[1]), rotation=90, va="top", ha="right",
-                     fontsize=8, color=FAULT_COLOURS[f.kind])
+                     fontsize=8, color=recorded_as(f.kind).colour)
     top.set_ylabel("requests / s")
     top.set_title(title)
     top.legend(loc="lower left", fontsize=8, ncols=4)
     bottom.set_ylabel("share served (%)")
-    shaded = any(f.kind != "kill" for f in ledger.faults)
+    shaded = any(not recorded_as(f.kind).instant for f in ledger.faults)
     bottom.set_xlabel("seconds (red dashes: kill, green dots: back in service" +
                       (", shaded and bounded in the colour of its label: a fault, start to end)" if shaded else ")"))
     bottom.set_ylim(0, 100)
@@ -201,14 +203,15 @@ def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def comparison_chart(summaries: dict[str, dict[str, Any]], path: Path) -> None:
+def comparison_chart(comparison: Comparison, path: Path) -> None:
     """Side-by-side bars: broken promises and errors per setup, and throughput."""
+    summaries = comparison.root
     labels = list(summaries)
-    categories = [o for o in FAILURE_COLOURS if any(s["failures"][o.value] for s in summaries.values())]
+    categories = [o for o in FAILURE_COLOURS if any(s.failures[o] for s in summaries.values())]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), width_ratios=[3, 1])
     width = 0.8 / max(len(categories), 1)
     for i, outcome in enumerate(categories):
-        values = [summaries[label]["failures"][outcome.value] for label in labels]
+        values = [summaries[label].failures[outcome] for label in labels]
         xs = [x + i * width for x in range(len(labels))]
         bars = left.bar(xs, values, width, color=FAILURE_COLOURS[outcome], label=outcome.value.replace("_", " "))
         left.bar_label(bars, fontsize=8)
@@ -217,7 +220,7 @@ def comparison_chart(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     left.set_title("What each setup broke while instances were being killed")
     if categories:
         left.legend(fontsize=8)
-    bars = right.bar(labels, [summaries[label]["rps"] for label in labels], color="#1f77b4")
+    bars = right.bar(labels, [summaries[label].rps for label in labels], color="#1f77b4")
     right.bar_label(bars, fontsize=8)
     right.set_ylabel("requests / s")
     right.tick_params(axis="x", labelrotation=20)

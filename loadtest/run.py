@@ -1,18 +1,17 @@
 """Bring a farm up, run Locust with the chaos against it, and write the verdict."""
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from farmctl.config import CONFIG_VARIABLE, PROJECT_ROOT
 from farmctl.runtime import Farm, FarmError
-from loadtest.chaos import CLASSIC, mend, refusal
-from loadtest.ledger import Ledger
+from loadtest.faults import INSTANCES, ChaosMode
+from loadtest.ledger import Ledger, Outcome
 from loadtest.report import comparison_chart, summarize, timeline_chart
+from loadtest.summary import Comparison, LoadSummary
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -24,25 +23,25 @@ class LoadSpec:
     kill_every_s: float = 15.0  # a kill, or for the other modes a fault, every this many seconds
     kill_signal: str = "KILL"
     spawn_rate: float = 10.0
-    chaos: str = "instances"  # see loadtest.chaos: instances, redis, hang, redis-stall, partition, storm, mixed
+    chaos: ChaosMode = INSTANCES  # CHAOS: one of loadtest.faults.MODES
 
     @classmethod
-    def for_chaos(cls, chaos: str) -> "LoadSpec":
+    def for_chaos(cls, chaos: ChaosMode) -> "LoadSpec":
         """The defaults of `make loadtest CHAOS=...`. A gray fault costs more than a kill (a hang lasts
         ~13 s), so those runs are sized for a 2-core machine: 20 users, a fault every 15 s for a minute -
         a minute and a half for mixed, one fault of each kind."""
-        if chaos in CLASSIC:
+        if chaos.overlapping:
             return cls(chaos=chaos)
-        return cls(users=20, duration="90s" if chaos == "mixed" else "60s", chaos=chaos)
+        return cls(users=20, duration="90s" if len(chaos.kinds) > 1 else "60s", chaos=chaos)
 
 
 def check_chaos(farm: Farm, spec: LoadSpec) -> None:
     """Refuse a chaos the farm cannot survive by design, before anything starts."""
-    if why := refusal(farm, spec.chaos):
+    if why := spec.chaos.refusal(farm):
         raise FarmError(why)
 
 
-def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm load test") -> dict[str, Any]:
+def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm load test") -> LoadSummary:
     """Run one load test against `farm`, which is up (see farmctl.lifecycle); returns the summary and
     writes summary.json, report.html, timeline.png."""
     check_chaos(farm, spec)
@@ -52,9 +51,9 @@ def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm lo
     # The chaos inside Locust drives this very farm: it gets the config whole, not re-read from make variables.
     env = {**os.environ, CONFIG_VARIABLE: config.model_dump_json(), "RUNTIME": farm.name, "LOADTEST_OUT": str(out),
            "LOADTEST_KILL_EVERY": str(spec.kill_every_s), "LOADTEST_KILL_SIGNAL": spec.kill_signal,
-           "LOADTEST_CHAOS": spec.chaos, "PYTHONPATH": str(PROJECT_ROOT)}
-    victim = "the Redis primary" if spec.chaos == "redis" else "an instance"
-    chaos = f"a SIG{spec.kill_signal} to {victim}" if spec.chaos in CLASSIC else f"a fault ({spec.chaos})"
+           "LOADTEST_CHAOS": spec.chaos.name, "PYTHONPATH": str(PROJECT_ROOT)}
+    mode = spec.chaos
+    chaos = f"a SIG{spec.kill_signal} to {mode.kinds[0].target}" if mode.overlapping else f"a fault ({mode.name})"
     print(f"locust: {spec.users} users for {spec.duration} against {config.balancer_url} "
           f"({config.instances} x {config.session_backend} sessions, {config.balance}, Redis {config.redis_mode}), "
           f"{chaos} every {spec.kill_every_s:g} s", flush=True)
@@ -67,13 +66,12 @@ def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm lo
             env=env, cwd=PROJECT_ROOT, check=True,
         )
     finally:
-        if spec.chaos not in CLASSIC:  # a Locust that died mid-fault must not leave a process stopped or cut off
-            mend(farm)
+        mode.mend(farm)  # a Locust that died mid-fault must not leave a process stopped or cut off
     ledger = Ledger.load(out / "ledger.json")
     summary = summarize(ledger, spec.users, config.instances, session_backend=config.session_backend,
                         balance=config.balance, redis=config.redis_mode, runtime=farm.name)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    timeline_chart(ledger, out / "timeline.png", f"{title}: {summary['verdict']}")
+    summary.write(out / "summary.json")
+    timeline_chart(ledger, out / "timeline.png", f"{title}: {summary.verdict}")
     return summary
 
 
@@ -85,19 +83,22 @@ SCENARIOS = {
 }
 
 
-def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
-    columns = ["verdict", "sessions_lost", "mixups", "lost_updates", "request_error", "indeterminate",
-               "kills", "rps", "p99_ms"]
+#: The columns of `make compare`'s table: fields of LoadSummary, or failures by outcome.
+COMPARED = ("verdict", "sessions_lost", "mixups", "lost_updates", Outcome.REQUEST_ERROR, Outcome.INDETERMINATE,
+            "kills", "rps", "p99_ms")
 
-    def cell(summary: dict[str, Any], column: str) -> str:
-        return str(summary.get(column, summary["failures"].get(column, "")))
 
+def comparison_table(comparison: Comparison) -> str:
+    def cell(summary: LoadSummary, column: str) -> str:
+        return str(summary.failures[column] if isinstance(column, Outcome) else getattr(summary, column))
+
+    summaries = comparison.root
     width = max(len(s) for s in summaries) + 2
-    lines = [f"{'':{width}}" + "".join(f"{c:>15}" for c in columns)]
-    lines += [f"{name:{width}}" + "".join(f"{cell(s, c):>15}" for c in columns) for name, s in summaries.items()]
+    lines = [f"{'':{width}}" + "".join(f"{c:>15}" for c in COMPARED)]
+    lines += [f"{name:{width}}" + "".join(f"{cell(s, c):>15}" for c in COMPARED) for name, s in summaries.items()]
     return "\n".join(lines)
 
 
-def write_comparison(summaries: dict[str, dict[str, Any]], out: Path) -> None:
-    (out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
-    comparison_chart(summaries, out / "compare.png")
+def write_comparison(comparison: Comparison, out: Path) -> None:
+    comparison.write(out / "summary.json")
+    comparison_chart(comparison, out / "compare.png")

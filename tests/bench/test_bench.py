@@ -1,7 +1,6 @@
 """The smallest whole bench: it must run end to end and report every figure. It asserts
 nothing about speed - a benchmark is not a timed test."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 
 from bench.__main__ import main
 from bench.report import CPU_GROUPS
+from bench.summary import BenchSummary
 
 pytestmark = [
     pytest.mark.farm,
@@ -33,53 +33,53 @@ def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -
                  "--out", str(out), "--state-root", str(tmp_path / "state")])
 
     assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
-    results = summary["results"]
+    summary = BenchSummary.read(out / "summary.json")
+    results = summary.results
     assert set(results) == CONFIGURATIONS
     for key, result in results.items():
-        assert result["rps"] > 0, key
-        assert len(result["rounds"]) == 1, key
-        assert set(result["cpu_us_per_request"]) == set(CPU_GROUPS), key
-        assert result["cpu_us_per_request"]["app"] > 0, key
-        assert "redis_commands_per_request" in result, key
-        assert ("fixed_rate" in result) == (key in FIXED_RATE), key
-    assert set(summary["fixed_rate"]["rows"]) == FIXED_RATE
-    for key, row in summary["fixed_rate"]["rows"].items():
-        assert row["achieved_rps"] > 0, key
-        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], key
+        assert result.rps > 0, key
+        assert len(result.rounds) == 1, key
+        assert set(result.cpu_us_per_request) == set(CPU_GROUPS), key
+        assert result.cpu_us_per_request["app"] > 0, key
+        assert all(calls >= 0.001 for calls in result.redis_commands_per_request.values()), key
+        assert (result.fixed_rate is not None) == (key in FIXED_RATE), key
+    assert set(summary.fixed_rate.rows) == FIXED_RATE
+    for key, row in summary.fixed_rate.rows.items():
+        assert row.achieved_rps > 0, key
+        assert 0 < row.p50_ms <= row.p99_ms <= row.max_ms, key
 
     # Redis work per request: commands the app issues show up, the background does not.
-    assert results["exact-nginx-2/me"]["redis_commands_total"] >= 1
-    assert results["direct-exact/me"]["redis_commands_total"] >= 1
-    assert {"get", "set"} <= set(results["redis-getset/me"]["redis_commands_per_request"])
-    assert results["starlette-cookie/me"]["redis_commands_total"] < 0.1
-    assert results["nginx-2/healthz"]["redis_commands_total"] < 0.1
-    assert results["exact-nginx-2/healthz"]["redis_commands_total"] < 0.1
-    assert set(summary["redis_background_per_s"]) == {"near", "exact", "memory"}
-    assert all(sum(rates.values()) > 0 for rates in summary["redis_background_per_s"].values())
+    assert results["exact-nginx-2/me"].redis_commands_total >= 1
+    assert results["direct-exact/me"].redis_commands_total >= 1
+    assert {"get", "set"} <= set(results["redis-getset/me"].redis_commands_per_request)
+    assert results["starlette-cookie/me"].redis_commands_total < 0.1
+    assert results["nginx-2/healthz"].redis_commands_total < 0.1
+    assert results["exact-nginx-2/healthz"].redis_commands_total < 0.1
+    assert set(summary.redis_background_per_s) == {"near", "exact", "memory"}
+    assert all(sum(rates.values()) > 0 for rates in summary.redis_background_per_s.values())
 
-    assert set(summary["modes"]) == {"near", "exact"}
-    for mode, figures in summary["modes"].items():
-        assert figures["session_ratio"] > 0, mode
-        assert figures["direct_session_ratio"] > 0, mode
-        assert figures["goal"] > 0, mode
-        assert set(figures["cpu_us_per_request"]) == set(CPU_GROUPS), mode
-        assert figures["cpu_us_per_request"]["nginx"] > 0, mode
-        assert figures["fixed_rate"]["p99_ms"] > 0, mode
-    assert summary["modes"]["exact"]["instance_env"] == {"SESSION_NEAR_CACHE_S": "0"}
-    assert summary["modes"]["exact"]["cpu_us_per_request"]["redis"] > 0
+    assert set(summary.modes) == {"near", "exact"}
+    for mode, figures in summary.modes.items():
+        assert figures.session_ratio > 0, mode
+        assert figures.direct_session_ratio > 0, mode
+        assert figures.goal > 0, mode
+        assert set(figures.cpu_us_per_request) == set(CPU_GROUPS), mode
+        assert figures.cpu_us_per_request["nginx"] > 0, mode
+        assert figures.fixed_rate.p99_ms > 0, mode
+    assert summary.modes["exact"].instance_env == {"SESSION_NEAR_CACHE_S": "0"}
+    assert summary.modes["exact"].cpu_us_per_request["redis"] > 0
 
-    for ratio in ("balancer_ratio", "balancer_ratio_one_connection"):
-        assert summary[ratio] > 0, ratio
-    assert set(summary["redis_vs_memory_ratio"]) == {"near", "exact"}
-    assert [row["instances"] for row in summary["scaling"]] == [1, 2]
-    assert all(row["me_vs_one"] > 0 and row["healthz_vs_one"] > 0 for row in summary["scaling"])
-    assert {name: set(rows) for name, rows in summary["peers"].items()} == {
+    assert summary.balancer_ratio > 0
+    assert summary.balancer_ratio_one_connection > 0
+    assert set(summary.redis_vs_memory_ratio) == {"near", "exact"}
+    assert [row.instances for row in summary.scaling] == [1, 2]
+    assert all(row.me_vs_one > 0 and row.healthz_vs_one > 0 for row in summary.scaling)
+    assert {name: set(rows) for name, rows in summary.peers.items()} == {
         "exact": {"webfarm exact", "starsessions", "redis-getset"},
         "near": {"webfarm near", "starlette-cookie"}}
-    for rows in summary["peers"].values():
-        assert all(row["ratio_vs_webfarm"] > 0 and row["fixed_rate_p99_ms"] > 0 for row in rows.values())
-    assert {row["key"] for section in summary["sections"] for row in section["rows"]} == CONFIGURATIONS
-    assert summary["machine"]["nproc"] >= 1
+    for rows in summary.peers.values():
+        assert all(row.ratio_vs_webfarm > 0 and row.fixed_rate_p99_ms > 0 for row in rows.values())
+    assert {row.key for section in summary.sections for row in section.rows} == CONFIGURATIONS
+    assert summary.machine.nproc >= 1
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert not list((tmp_path / "state").glob("bench-*/supervisor.sock")), "a bench farm was left running"
