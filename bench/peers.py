@@ -31,9 +31,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starsessions import SessionMiddleware, load_session
 from starsessions.stores.redis import RedisStore
 
+from app.config import SESSION_COOKIE
 from app.schemas import Credentials, Health, Me, UserOut
 
-COOKIE = "webfarm_session"
+COOKIE = SESSION_COOKIE
 IDLE_TIMEOUT_S = 30 * 60
 INSTANCE = "peer"
 

@@ -16,6 +16,7 @@ from typing import Literal
 import httpx
 from redis import Redis
 
+from app.config import DEMO_PASSWORD, DEMO_USERNAME
 from bench.cpu import CpuUse, children, cpu_use, snapshot
 from bench.openloop import OpenLoopResult, run_openloop
 from bench.redisstats import Calls, Counts, calls, delta
@@ -26,7 +27,7 @@ from farmctl.ports import free_port_block, on_free_ports
 from farmctl.runtime import Farm, FarmError
 from farmctl.wait import answers, wait_until
 
-DEMO_CREDENTIALS = {"username": "demo", "password": "demo-password"}
+DEMO_CREDENTIALS = {"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
 #: The session modes of the farm: the instances' environment for each. `near`: as shipped (a near
 #: cache of identities in front of Redis); `exact`: no near cache, one Redis round trip per request.
 MODES: dict[str, dict[str, str]] = {"near": {}, "exact": {"SESSION_NEAR_CACHE_S": "0"}}
