@@ -144,13 +144,19 @@ class DockerFarm:
         """Nothing: under Docker nginx has passive checks only (see compose.yaml's healthchecks)."""
         return {}
 
+    def _healthy(self, *names: str) -> set[str]:
+        """Which of the services `names` Docker's healthchecks call healthy (one `docker compose ps`)."""
+        out = self._compose("ps", "--format", "json", *names, capture=True)
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return {r["Service"] for r in rows if r.get("Health") == "healthy"}
+
     def is_serving(self, name: str) -> bool:
         # Instances publish no ports; ask Docker for the container's health instead.
-        out = self._compose("ps", "--format", "json", name, capture=True)
-        return any(json.loads(line).get("Health") == "healthy" for line in out.splitlines() if line.strip())
+        return name in self._healthy(name)
 
     def unhealthy(self) -> list[str]:
-        bad = [name for name in self.instance_names() if not self.is_serving(name)]
+        healthy = self._healthy(*self.instance_names())
+        bad = [name for name in self.instance_names() if name not in healthy]
         return bad if answers(f"{self.config.balancer_url}/readyz") else [*bad, "nginx"]
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
