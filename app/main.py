@@ -1,8 +1,6 @@
 """The web instance: one FastAPI app, run as N identical processes behind nginx."""
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,12 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     services = Services.build(settings)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with services.running():
-            yield
-
-    app = FastAPI(title="webfarm", version="1.0.0", lifespan=lifespan)
+    app = FastAPI(title="webfarm", version="1.0.0", lifespan=lambda _: services.running())
     services.bind(app)
     app.include_router(api.router)
     app.include_router(api.state_changing)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from farmctl.config import CONFIG_VARIABLE, PROJECT_ROOT
 from farmctl.runtime import Farm, FarmError
-from loadtest.faults import INSTANCES, ChaosMode
+from loadtest.faults import INSTANCES, MIXED, ChaosMode
 from loadtest.ledger import Ledger, Outcome
 from loadtest.report import comparison_chart, summarize, timeline_chart
 from loadtest.summary import Comparison, LoadSummary
@@ -32,7 +32,7 @@ class LoadSpec:
         a minute and a half for mixed, one fault of each kind."""
         if chaos.overlapping:
             return cls(chaos=chaos)
-        return cls(users=20, duration="90s" if len(chaos.kinds) > 1 else "60s", chaos=chaos)
+        return cls(users=20, duration="90s" if chaos is MIXED else "60s", chaos=chaos)
 
 
 def check_chaos(farm: Farm, spec: LoadSpec) -> None:
