@@ -146,21 +146,25 @@ def users_during(farm: Farm) -> Iterator[tuple[Seen, Seen, httpx.Cookies]]:
                 thread.join(60)
 
 
-def readyz_while_faulty(farm: Farm) -> list[tuple[int, float]]:
+def readyz_while_faulty(farm: Farm, probe: httpx.Client) -> list[tuple[int, float]]:
     answers = []
     for inst in farm.config.web:
         started = time.monotonic()
-        status = httpx.get(f"{inst.url}/readyz", timeout=5).status_code
+        status = probe.get(f"{inst.url}/readyz").status_code
         answers.append((status, time.monotonic() - started))
     return answers
 
 
 def assert_bounded_through(farm: Farm, fault: Callable[[], AbstractContextManager[None]]) -> None:
     """Users at work before, during and after `fault`: what they saw, and what /readyz said during it."""
-    with users_during(farm) as (user, crowd, cookies):
+    # Probed as the health loop probes: one client, connected before the fault (a new client per
+    # probe would time its own TLS set-up and connect, under the crowd's threads, too).
+    with httpx.Client(timeout=5) as probe, users_during(farm) as (user, crowd, cookies):
+        for inst in farm.config.web:
+            probe.get(f"{inst.url}/healthz")
         with fault():
             time.sleep(0.5)
-            ready = readyz_while_faulty(farm)
+            ready = readyz_while_faulty(farm, probe)
         back = time.monotonic()
         time.sleep(1.5)
     answers = user.answers + crowd.answers
