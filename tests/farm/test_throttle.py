@@ -74,8 +74,11 @@ def test_concurrent_guesses_evaluate_at_most_the_limit_even_with_the_right_passw
 
     with ThreadPoolExecutor(40) as pool:
         answers = Counter(pool.map(guess, guesses))
+    assert set(answers) <= {200, 401, 429, 503}, answers
     assert answers[200] + answers[401] <= 5  # evaluated: the limit, across every instance together
-    assert answers[429] >= 35
+    # The rest refused unevaluated: by the throttle (429), or, when five argon2 checks already fill
+    # an instance's admission queue on 2 cores, "too busy" (503) before the throttle is asked.
+    assert answers[429] + answers[503] >= 35, answers
     assert answers[200] == 0 or answers[200] + answers[401] <= 5  # the right one got in only within the limit
 
 
