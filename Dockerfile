@@ -1,18 +1,24 @@
 # One web instance of the farm. The same image also renders the Docker nginx and Sentinel configs
 # (the farm-config service in compose.yaml), hence farmctl/ and nginx/ below.
-FROM python:3.11-slim
+# The base is a setting: the official image by default; `make images` builds a stand-in from
+# Debian's packages where no registry answers (farmctl/docker/standins.sh).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/venv/bin:$PATH
 
 WORKDIR /app
 
 # Dependencies before source, so a code change reuses this layer: the project's runtime
 # dependencies as pyproject.toml lists them, at the versions requirements.lock pins (the lock
-# also pins the dev and load-test tools; as constraints it installs none of them).
+# also pins the dev and load-test tools; as constraints it installs none of them). In a virtualenv:
+# Debian's own Python refuses pip installs into the system (PEP 668).
 COPY pyproject.toml requirements.lock ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -m venv /venv \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip install --no-cache-dir -c requirements.lock -r requirements.txt
 

@@ -56,6 +56,7 @@ class FarmConfig(BaseSettings):
     https_port: int = Field(8443, description="0: no HTTPS")
     base_port: int = Field(8001, description="web1's port; webN's is base_port + N - 1")
     redis_port: int = 6380
+    redis_password: str = Field("", description="Docker: the farm's own (its Redis shares a network)")
     redis_mode: Literal["single", "sentinel"] = Field(
         "single", validation_alias=_env("redis_mode", "REDIS"),
         description="sentinel: a replica and three Sentinels beside the primary")
@@ -98,7 +99,8 @@ class FarmConfig(BaseSettings):
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        auth = f":{self.redis_password}@" if self.redis_password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     @property
     def sentinel(self) -> bool:

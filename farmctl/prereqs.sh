@@ -2,7 +2,7 @@
 # Make sure the system binaries the farm runs on are present: ./prereqs.sh nginx redis-server [chromium ...]
 # As root on Debian/Ubuntu it installs what is missing with apt-get; elsewhere it prints the command.
 set -euo pipefail
-declare -A package=([nginx]=nginx-light [redis-server]=redis-server [chromium]=chromium [wrk]=wrk)
+declare -A package=([nginx]=nginx-light [redis-server]=redis-server [chromium]=chromium [wrk]=wrk [dockerd]=docker.io)
 missing=()
 for bin in "$@"; do
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${package[$bin]:-$bin}")

@@ -1,4 +1,5 @@
-"""Fixtures that start REAL parts on free loopback ports: a bare Redis, and whole farms."""
+"""Fixtures that start REAL parts on free loopback ports: a bare Redis, and whole farms - natively,
+and under a real Docker engine (`any_farm` runs a test on both runtimes)."""
 
 import os
 import shutil
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from farmctl.config import FarmConfig
+from farmctl.config import PROJECT_ROOT, FarmConfig
+from farmctl.docker import engine_available
 from farmctl.lifecycle import running_farm
 from farmctl.ports import free_port_block, on_free_ports
 from farmctl.runtime import Farm
@@ -52,13 +54,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
-def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory) -> FarmFactory:
+def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory, runtime: str = "native") -> FarmFactory:
     def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> Farm:
         # The tests register hundreds of users from 127.0.0.1; the tests of the limit set their own.
         extra_env = {"REGISTER_MAX_PER_ADDRESS": "100000", **options.pop("extra_env", {})}  # type: ignore[dict-item]
         config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
                             extra_env=extra_env, **options)  # type: ignore[arg-type]
-        return stack.enter_context(running_farm(on_free_ports(config, spare), "native", start=start))
+        return stack.enter_context(running_farm(on_free_ports(config, spare), runtime, start=start, timeout_s=180))
 
     return start
 
@@ -78,3 +80,44 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """The shared 3-instance farm with Redis sessions. Tests that break it must mend it."""
     with ExitStack() as stack:
         yield _starter(stack, tmp_path_factory)(3, demo_controls=True)
+
+
+DOCKERD = PROJECT_ROOT / "farmctl/docker/dockerd.sh"
+STANDINS = PROJECT_ROOT / "farmctl/docker/standins.sh"
+#: No registry answers on CI: the Docker farms run on images built here from Debian's packages.
+STANDIN_IMAGES = {"PYTHON_IMAGE": "webfarm-standin/python:3.11", "NGINX_IMAGE": "webfarm-standin/nginx:sid",
+                  "REDIS_IMAGE": "webfarm-standin/redis:7"}
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[None]:
+    """A Docker engine for the run: the one that answers, else one started for the run and stopped
+    after it (root with apt-get installs it); and the stand-in images unless others are set."""
+    started = False
+    if not engine_available():
+        if os.geteuid() != 0 or not (shutil.which("dockerd") or shutil.which("apt-get")):
+            pytest.skip(f"no Docker engine answers; `sudo {DOCKERD.relative_to(PROJECT_ROOT)} start` enables this test")
+        subprocess.run([DOCKERD, "start"], check=True)
+        started = True
+    try:
+        subprocess.run([STANDINS], check=True)
+        for variable, image in STANDIN_IMAGES.items():
+            os.environ.setdefault(variable, image)
+        yield
+    finally:
+        if started:
+            subprocess.run([DOCKERD, "stop"], check=False)
+
+
+@pytest.fixture(scope="session")
+def docker_farm(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """The shared farm's twin under Docker: compose.yaml's three instances, Redis and nginx."""
+    with ExitStack() as stack:
+        yield _starter(stack, tmp_path_factory, "docker")(3, demo_controls=True)
+
+
+@pytest.fixture(scope="session", params=["native", "docker"])
+def any_farm(request: pytest.FixtureRequest) -> Farm:
+    """The shared farm of each runtime in turn: for the tests of what the farm promises whatever runs it."""
+    farm: Farm = request.getfixturevalue("farm" if request.param == "native" else "docker_farm")
+    return farm

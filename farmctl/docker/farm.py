@@ -1,101 +1,165 @@
 """The Docker runtime: the same interface as the native one, driven through `docker compose`.
 
 compose.yaml declares Redis, web1..web3 and nginx (and, in its `sentinel` profile, a replica and
-three Sentinels); Docker's restart policy is the supervisor."""
+three Sentinels); Docker's restart policy is the supervisor. Each farm is one compose project:
+`webfarm` for the one in the repo's .farm, another name per state dir (the tests run several).
+What a farm changes in compose.yaml (more instances, the tests' extra variables, another number of
+instances for nginx) goes into an override file in its state dir, rendered by farmctl.docker.render.
 
+Faults mean what they mean natively: a crash is the instance's process dying (SIGKILL from inside
+its container: the restart policy undoes it; `docker kill` would be a manual stop it does not), a
+hang is that process stopped (SIGSTOP), an instance cut off from Redis leaves the `store` network."""
+
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
-from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS
+from farmctl.docker.engine import compose_command
+from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, compose_override
 from farmctl.runtime import Capability, FarmError, ProcessStatus, require
-from farmctl.secret import csrf_secret, proxy_secret
+from farmctl.secret import csrf_secret, farm_secret, proxy_secret
 from farmctl.wait import answers, wait_until
 
-
-def engine_available() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+#: The app's process in a web container: the only child of its init (`init: true`).
+APP_PID = "$(cat /proc/1/task/1/children)"
 
 
 class DockerFarm:
-    """The farm of compose.yaml. `make up` is a demo: ENVIRONMENT=demo, and a CSRF secret made once
-    in the state dir, unless the environment brings its own."""
+    """The farm of compose.yaml. `make up` is a demo: ENVIRONMENT=demo, and secrets made once in the
+    state dir, unless the environment brings its own."""
 
     name = "docker"
-    #: nginx has passive checks only, N is fixed by compose.yaml, and the Docker network cannot cut
-    #: one instance off from Redis without cutting it off from nginx too.
-    capabilities: frozenset[Capability] = frozenset()
+    #: nginx has passive checks only here, and compose.yaml fixes the instances' services.
+    capabilities: frozenset[Capability] = frozenset({Capability.CUT_OFF})
 
     def __init__(self, config: FarmConfig) -> None:
-        if config.instances != DOCKER_INSTANCES:
+        if config.instances < DOCKER_INSTANCES:
             raise FarmError(f"compose.yaml declares {DOCKER_INSTANCES} instances (web1..web{DOCKER_INSTANCES}); "
-                            f"N={config.instances} needs RUNTIME=native or more services in compose.yaml")
-        self.config = config
+                            f"N={config.instances} needs RUNTIME=native")
+        # HTTP only: TLS terminates in front of a container farm (see README), so none is printed.
+        self.config = config.replace(https_port=0, redis_password=config.redis_password
+                                     or farm_secret(config.state_dir, "redis_password"))
+        default = config.state_dir.resolve() == (PROJECT_ROOT / ".farm").resolve()
+        self.project = "webfarm" if default else \
+            "webfarm-" + hashlib.sha256(str(config.state_dir.resolve()).encode()).hexdigest()[:10]
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        state = self.config.state_dir
         env.setdefault("ENVIRONMENT", "demo")
-        if not env.get("CSRF_SECRET"):
-            env["CSRF_SECRET"] = csrf_secret(self.config.state_dir)
-        if not env.get("PROXY_SECRET"):
-            env["PROXY_SECRET"] = proxy_secret(self.config.state_dir)
-        if self.config.sentinel:
-            env["REDIS_SENTINELS"] = DOCKER_SENTINELS
+        env["CSRF_SECRET"] = env.get("CSRF_SECRET") or csrf_secret(state)
+        env["PROXY_SECRET"] = env.get("PROXY_SECRET") or proxy_secret(state)
+        env["REDIS_PASSWORD"] = self.config.redis_password
+        env["HTTP_PORT"] = str(self.config.http_port)
+        env["BALANCE"] = self.config.balance
+        env["SESSION_BACKEND"] = self.config.session_backend
+        env["DEMO_CONTROLS"] = "1" if self.config.demo_controls else "0"
+        env["REDIS_SENTINELS"] = DOCKER_SENTINELS if self.config.sentinel else ""
         return env
 
-    def _compose(self, *args: str, capture: bool = False) -> str:
-        profiles = ["--profile", "demo"] if self.config.demo_controls else []
-        if self.config.sentinel:
-            profiles += ["--profile", "sentinel"]
-        cmd = ["docker", "compose", "--project-directory", str(PROJECT_ROOT), *profiles, *args]
-        result = subprocess.run(cmd, capture_output=capture, text=True, check=False, env=self._environment())
+    def _files(self) -> list[str]:
+        override = self.config.state_dir / "compose.override.json"
+        override.parent.mkdir(parents=True, exist_ok=True)
+        override.write_text(json.dumps(compose_override(self.config, PROJECT_ROOT / "compose.yaml"), indent=2))
+        return ["--file", str(PROJECT_ROOT / "compose.yaml"), "--file", str(override)]
+
+    def _compose(self, *args: str, capture: bool = False, check: bool = True) -> str:
+        profiles = ["--profile", "sentinel"] if self.config.sentinel else []
+        cmd = [*compose_command(), "--progress", "quiet", "--project-name", self.project,
+               "--project-directory", str(PROJECT_ROOT), *self._files(), *profiles, *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=self._environment())
+        if check and result.returncode != 0:
+            raise FarmError(f"{' '.join(cmd[-len(args) - 1:])} failed:\n{result.stderr.strip()}")
+        if not capture and result.stdout:
+            print(result.stdout, end="")
+        return result.stdout
+
+    def _container(self, name: str) -> str:
+        """`name`'s container, by its compose labels (one quick `docker ps`, not a compose run)."""
+        labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={name}"]
+        result = subprocess.run(["docker", "ps", "--all", "--quiet", *(f"--filter=label={x}" for x in labels)],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not result.stdout.strip():
+            raise FarmError(f"no container for {name} in project {self.project}")
+        return result.stdout.split()[0]
+
+    def _exec(self, name: str, script: str) -> None:
+        """`script` in `name`'s container, as root (a web container runs its app unprivileged)."""
+        result = subprocess.run(["docker", "exec", "--user", "root", self._container(name), "sh", "-c", script],
+                                capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise FarmError(f"{' '.join(cmd)} failed:\n{result.stderr if capture else ''}")
-        return result.stdout if capture else ""
+            raise FarmError(f"in {name}: {script}: {result.stderr.strip()}")
+
+    def _network(self, action: str, network: str, name: str) -> None:
+        result = subprocess.run(["docker", "network", action, f"{self.project}_{network}", self._container(name)],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise FarmError(f"docker network {action} {network} {name}: {result.stderr.strip()}")
 
     def is_running(self) -> bool:
         return any(s.up for s in self.status())
 
-    def up(self, timeout_s: float = 120) -> None:
-        self._compose("up", "--detach", "--build", "--wait", "--wait-timeout", str(int(timeout_s)))
+    def up(self, timeout_s: float = 180) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        # --remove-orphans: instances past a smaller N go (nginx is re-rendered without them first).
+        self._compose("up", "--detach", "--build", "--wait", "--wait-timeout", str(int(timeout_s)),
+                      "--remove-orphans", "--quiet-pull")
+        self.wait_healthy(timeout_s)  # `up --wait` has been seen returning 0 with nginx never started
 
     def down(self, timeout_s: float = 30) -> None:
-        self._compose("down", "--timeout", str(int(timeout_s)))
+        # --volumes: a farm's Redis data goes with it, as the native farm's state dir goes on `make clean`;
+        # the default farm keeps its volume (`make down`, then `make up`: everyone still signed in).
+        volumes = ["--volumes"] if self.project != "webfarm" else []
+        self._compose("down", "--timeout", str(int(timeout_s)), "--remove-orphans", *volumes)
 
     def status(self) -> list[ProcessStatus]:
         out = self._compose("ps", "--all", "--format", "json", capture=True)
         rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return [ProcessStatus(r["Service"], int((r.get("Publishers") or [{}])[0].get("PublishedPort") or 0), 0,
+        return [ProcessStatus(r["Service"], int((r.get("Publishers") or [{}])[0].get("PublishedPort") or 0),
+                              self.pid(r["Service"]) if r.get("State") == "running" else 0,
                               "RUNNING" if r.get("State") == "running" else str(r.get("State", "?")).upper())
-                for r in rows]
+                for r in rows if r["Service"] != "farm-config"]
 
     def instance_names(self) -> list[str]:
-        return [f"web{i}" for i in range(1, DOCKER_INSTANCES + 1)]
+        return [i.name for i in self.config.web]
 
     def kill(self, name: str, sig: str = "KILL") -> int:
-        """`docker kill` with SIGKILL: the restart policy brings the container back."""
-        self._compose("kill", "--signal", sig, name)
-        return 0
+        """`sig` to the process the container runs (the app under its init, or Redis): when it dies,
+        the container exits and the restart policy starts it again."""
+        pid = self.pid(name)
+        if name.startswith("web"):
+            self._exec(name, f"kill -{sig} {APP_PID}")
+        elif pid:  # a container's first process ignores signals sent from inside it; from the host it does not
+            os.kill(pid, getattr(signal, f"SIG{sig}"))
+        return pid
 
     def pid(self, name: str) -> int:
-        container = self._compose("ps", "--quiet", name, capture=True).strip()
-        if not container:
+        """The host pid of the container's first process (0 when it is not running)."""
+        try:
+            container = self._container(name)
+        except FarmError:
             return 0
         result = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", container],
                                 capture_output=True, text=True, check=False)
         return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
 
     def pause(self, name: str) -> None:
-        """`docker compose pause`: the container's processes are frozen (cgroup freezer), sockets open."""
-        self._compose("pause", name)
+        """A hang: an instance's app stopped (SIGSTOP), its socket open, its init and healthcheck not;
+        Redis frozen whole (`docker compose pause`: it is its container's first process)."""
+        if name.startswith("web"):
+            self._exec(name, f"kill -STOP {APP_PID}")
+        else:
+            self._compose("pause", name)
 
     def resume(self, name: str) -> None:
-        self._compose("unpause", name)
+        if name.startswith("web"):
+            self._exec(name, f"kill -CONT {APP_PID}")
+        else:
+            self._compose("unpause", name)
 
     def stop(self, name: str) -> None:
         self._compose("stop", name)
@@ -109,8 +173,8 @@ class DockerFarm:
         self.wait_healthy()
 
     def roll(self) -> list[tuple[str, float]]:
-        """Restart the web containers one at a time, each back to healthy before the next. nginx cannot
-        be told to drain one here, so a request in flight to a stopping instance relies on its failover."""
+        """Restart the web containers one at a time, each back to healthy before the next. uvicorn
+        finishes what it has on SIGTERM and refuses new connections; nginx retries those elsewhere."""
         took = []
         for name in self.instance_names():
             started = time.monotonic()
@@ -127,10 +191,11 @@ class DockerFarm:
         require(self, Capability.DRAIN, "draining an instance")
 
     def cut_off(self, name: str) -> None:
-        require(self, Capability.CUT_OFF, "cutting one instance off from Redis")
+        """`name` leaves the `store` network: it still takes requests from nginx, and reaches no Redis."""
+        self._network("disconnect", "store", name)
 
     def reconnect(self, name: str) -> None:
-        pass
+        self._network("connect", "store", name)
 
     def redis_primary(self) -> str | None:
         require(self, Capability.REDIS_FAILOVER, "naming the Redis primary")
@@ -144,19 +209,12 @@ class DockerFarm:
         """Nothing: under Docker nginx has passive checks only (see compose.yaml's healthchecks)."""
         return {}
 
-    def _healthy(self, *names: str) -> set[str]:
-        """Which of the services `names` Docker's healthchecks call healthy (one `docker compose ps`)."""
-        out = self._compose("ps", "--format", "json", *names, capture=True)
-        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return {r["Service"] for r in rows if r.get("Health") == "healthy"}
-
     def is_serving(self, name: str) -> bool:
-        # Instances publish no ports; ask Docker for the container's health instead.
-        return name in self._healthy(name)
+        """Answering its readiness probe on its loopback port (what a native instance is asked)."""
+        return any(i.name == name and answers(f"{i.url}/readyz") for i in self.config.web)
 
     def unhealthy(self) -> list[str]:
-        healthy = self._healthy(*self.instance_names())
-        bad = [name for name in self.instance_names() if name not in healthy]
+        bad = [name for name in self.instance_names() if not self.is_serving(name)]
         return bad if answers(f"{self.config.balancer_url}/readyz") else [*bad, "nginx"]
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
@@ -164,7 +222,7 @@ class DockerFarm:
             raise FarmError(f"not healthy after {timeout_s:.0f} s: {', '.join(self.unhealthy())}; docker compose logs")
 
     def log_path(self, name: str) -> str:
-        return f"docker compose logs {name}"
+        return f"docker compose --project-name {self.project} logs {name}"
 
     def tail(self, name: str, lines: int = 15) -> str:
         return self._compose("logs", "--no-log-prefix", "--tail", str(lines), name, capture=True)

@@ -3,8 +3,9 @@ initial configs, and the proxy secret's include - written by compose.yaml's one-
 service (`python -m farmctl render-docker`) into the volume nginx and the Sentinels mount."""
 
 from pathlib import Path
+from typing import Any
 
-from farmctl.config import SENTINEL_MASTER, Instance
+from farmctl.config import SENTINEL_MASTER, FarmConfig, Instance
 from farmctl.render import PROXY_SECRET_CONF, SENTINEL_TEMPLATE, render_nginx_in_a_container, render_template
 from farmctl.secret import proxy_secret_conf
 
@@ -21,6 +22,28 @@ DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_
 def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin") -> str:
     web = [Instance(f"web{i}", f"web{i}", 8000) for i in range(1, instances + 1)]
     return render_nginx_in_a_container("docker", web, balance, f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}")
+
+
+def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
+    """What one farm changes in compose.yaml (a compose file, as JSON): instances past web3, each
+    like web1 with its own name; the farm's extra variables on every instance; loopback ports; nginx
+    rendered for N instances, and started once every one of them is healthy."""
+    if config.instances < DOCKER_INSTANCES:
+        raise ValueError(f"compose.yaml declares {DOCKER_INSTANCES} instances; "
+                         f"N={config.instances} needs RUNTIME=native")
+    names = [i.name for i in config.web]
+    # Each instance and Redis also on loopback at the ports a native farm would use, so that
+    # `make status`, the tests and the bench reach them the same way under both runtimes.
+    services: dict[str, Any] = {
+        i.name: {"environment": {"INSTANCE_NAME": i.name, **config.extra_env},
+                 "ports": [f"127.0.0.1:{i.port}:8000"]} for i in config.web}
+    for name in names[DOCKER_INSTANCES:]:
+        services[name]["extends"] = {"file": str(compose_file), "service": "web1"}
+    services["redis"] = {"ports": [f"127.0.0.1:{config.redis_port}:6379"]}
+    services["farm-config"] = {"command": ["python", "-m", "farmctl", "render-docker", "--out", DOCKER_CONFIG_DIR,
+                                           "--instances", str(config.instances), "--balance", config.balance]}
+    services["nginx"] = {"depends_on": {name: {"condition": "service_healthy"} for name in names}}
+    return {"services": services}
 
 
 def render_sentinel_docker(name: str) -> str:

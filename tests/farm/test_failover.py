@@ -19,15 +19,15 @@ from tests.farm.users import signed_in, with_cookie
 pytestmark = pytest.mark.farm
 
 
-def test_round_robin_spreads_requests_over_every_instance(farm: Farm) -> None:
-    with signed_in(farm.config.balancer_url) as client:
+def test_round_robin_spreads_requests_over_every_instance(any_farm: Farm) -> None:
+    with signed_in(any_farm.config.balancer_url) as client:
         served = Counter(client.get("/api/me").json()["served_by"] for _ in range(30))
-    assert set(served) == {i.name for i in farm.config.web}
+    assert set(served) == {i.name for i in any_farm.config.web}
     assert min(served.values()) >= 8, served
 
 
-def test_session_created_on_one_instance_is_honoured_by_every_other(farm: Farm) -> None:
-    first, *others = farm.config.web
+def test_session_created_on_one_instance_is_honoured_by_every_other(any_farm: Farm) -> None:
+    first, *others = any_farm.config.web
     with signed_in(first.url) as origin:
         for inst in others:
             with with_cookie(inst.url, origin.cookies) as client:
@@ -37,10 +37,10 @@ def test_session_created_on_one_instance_is_honoured_by_every_other(farm: Farm) 
                 assert me.json()["session_created_on"] == first.name
 
 
-def test_200_concurrent_adds_across_all_instances_all_count(farm: Farm) -> None:
-    with signed_in(farm.config.balancer_url) as owner:
+def test_200_concurrent_adds_across_all_instances_all_count(any_farm: Farm) -> None:
+    with signed_in(any_farm.config.balancer_url) as owner:
         cookies = httpx.Cookies(owner.cookies)
-    clients = [with_cookie(inst.url, cookies) for inst in farm.config.web]
+    clients = [with_cookie(inst.url, cookies) for inst in any_farm.config.web]
 
     def add(i: int) -> int:
         return clients[i % len(clients)].post("/api/cart/items", json={"sku": f"sku{i % 4}", "qty": 1}).status_code
@@ -52,19 +52,19 @@ def test_200_concurrent_adds_across_all_instances_all_count(farm: Farm) -> None:
         client.close()
 
 
-def test_sigkill_of_an_instance_costs_no_failed_get(farm: Farm) -> None:
+def test_sigkill_of_an_instance_costs_no_failed_get(any_farm: Farm) -> None:
     """Every GET succeeds - but one: uvicorn writes a response's headers and body in two writes,
     and nginx forwards the headers at once, so a SIGKILL landing between the two (a window of
     microseconds) cuts that one response short where no balancer can retry it. At most one such
     response, at the moment of the kill, is tolerated; anything else fails the test."""
-    victim = farm.config.web[1].name
-    old_pid = farm.pid(victim)
+    victim = any_farm.config.web[1].name
+    old_pid = any_farm.pid(victim)
     statuses: Counter[int] = Counter()
     cut_short: list[float] = []
     stop = threading.Event()
 
     def stream() -> None:
-        with signed_in(farm.config.balancer_url) as client:
+        with signed_in(any_farm.config.balancer_url) as client:
             while not stop.is_set():
                 try:
                     statuses[client.get("/api/me").status_code] += 1
@@ -77,9 +77,9 @@ def test_sigkill_of_an_instance_costs_no_failed_get(farm: Farm) -> None:
         streams = [pool.submit(stream) for _ in range(4)]
         time.sleep(1)
         killed_at = time.monotonic()
-        farm.kill(victim, "KILL")
+        any_farm.kill(victim, "KILL")
         back_after = None
-        if wait_until(lambda: farm.pid(victim) not in (0, old_pid) and farm.is_serving(victim), 10):
+        if wait_until(lambda: any_farm.pid(victim) not in (0, old_pid) and any_farm.is_serving(victim), 10):
             back_after = time.monotonic() - killed_at
         time.sleep(1)
         stop.set()
@@ -92,13 +92,13 @@ def test_sigkill_of_an_instance_costs_no_failed_get(farm: Farm) -> None:
     assert back_after is not None, f"{victim} not serving again within 10 s"
 
 
-def test_redis_outage_is_a_503_and_the_farm_recovers_by_itself(farm: Farm) -> None:
-    balancer = farm.config.balancer_url
+def test_redis_outage_is_a_503_and_the_farm_recovers_by_itself(any_farm: Farm) -> None:
+    balancer = any_farm.config.balancer_url
     with signed_in(balancer) as client:
         username = client.get("/api/me").json()["username"]
-        farm.stop("redis")
+        any_farm.stop("redis")
         try:
-            for _ in range(len(farm.config.web)):
+            for _ in range(len(any_farm.config.web)):
                 started = time.monotonic()
                 down = client.get("/api/me")
                 assert down.status_code == 503
@@ -108,26 +108,26 @@ def test_redis_outage_is_a_503_and_the_farm_recovers_by_itself(farm: Farm) -> No
                 assert time.monotonic() - started < 5
             login = client.post("/api/login", json={"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
             assert login.status_code == 503
-            for inst in farm.config.web:
+            for inst in any_farm.config.web:
                 assert httpx.get(f"{inst.url}/healthz").status_code == 200
                 assert httpx.get(f"{inst.url}/readyz").status_code == 503
         finally:
-            farm.start("redis")
-        assert wait_until(lambda: all(client.get("/api/me").status_code == 200 for _ in farm.config.web), 10), \
+            any_farm.start("redis")
+        assert wait_until(lambda: all(client.get("/api/me").status_code == 200 for _ in any_farm.config.web), 10), \
             "the farm did not recover within 10 s of Redis returning"
         assert client.get("/api/me").json()["username"] == username  # the session outlived the outage
 
 
-def test_redis_restart_costs_no_request_after_it_is_back(farm: Farm) -> None:
+def test_redis_restart_costs_no_request_after_it_is_back(any_farm: Farm) -> None:
     """Pooled connections to the old Redis process are dead; the retry policy must reconnect
     them transparently instead of failing the first request on each (it did, once)."""
-    with signed_in(farm.config.balancer_url) as owner:
+    with signed_in(any_farm.config.balancer_url) as owner:
         cookies = httpx.Cookies(owner.cookies)
-    clients = [with_cookie(inst.url, cookies) for inst in farm.config.web]
+    clients = [with_cookie(inst.url, cookies) for inst in any_farm.config.web]
     with ThreadPoolExecutor(24) as pool:  # fill every instance's pool with several connections
         list(pool.map(lambda i: clients[i % 3].get("/api/me").status_code, range(120)))
-        farm.stop("redis")
-        farm.start("redis")
+        any_farm.stop("redis")
+        any_farm.start("redis")
         codes = Counter(pool.map(lambda i: clients[i % 3].get("/api/me").status_code, range(120)))
     assert codes == {200: 120}
     for client in clients:
