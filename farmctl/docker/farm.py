@@ -33,8 +33,9 @@ class DockerFarm:
     state dir, unless the environment brings its own."""
 
     name = "docker"
-    #: nginx has passive checks only here, and compose.yaml fixes the instances' services.
-    capabilities: frozenset[Capability] = frozenset({Capability.CUT_OFF})
+    #: compose.yaml's health service holds the rotation; scaling would recreate nginx (not yet), and
+    #: compose.yaml's Sentinels are not driven by the runtime (not yet).
+    capabilities: frozenset[Capability] = frozenset({Capability.CUT_OFF, Capability.ACTIVE_HEALTH, Capability.DRAIN})
 
     def __init__(self, config: FarmConfig) -> None:
         if config.instances < DOCKER_INSTANCES:
@@ -173,22 +174,35 @@ class DockerFarm:
         self.wait_healthy()
 
     def roll(self) -> list[tuple[str, float]]:
-        """Restart the web containers one at a time, each back to healthy before the next. uvicorn
-        finishes what it has on SIGTERM and refuses new connections; nginx retries those elsewhere."""
+        """Restart the web containers one at a time, as natively: out of the rotation (nginx reloaded,
+        its old workers done), restarted, serving again, back in."""
         took = []
         for name in self.instance_names():
             started = time.monotonic()
-            self._compose("restart", name)
-            if not wait_until(lambda: self.is_serving(name), 60, interval_s=0.5):  # noqa: B023 - called at once
-                raise FarmError(f"{name} is not healthy 60 s after its restart: docker compose logs {name}")
+            self.drain(name)
+            try:
+                self._compose("restart", name)
+                if not wait_until(lambda: self.is_serving(name), 60, interval_s=0.2):  # noqa: B023 - called at once
+                    raise FarmError(f"{name} is not serving 60 s after its restart: docker compose logs {name}")
+            finally:
+                self.undrain(name)
             took.append((name, time.monotonic() - started))
         return took
 
+    def _health(self, *args: str) -> str:
+        result = subprocess.run(["docker", "exec", self._container("health"), "python", "-m", "farmctl.docker.health",
+                                 *args, "--instances", str(self.config.instances), "--balance", self.config.balance],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise FarmError(f"health {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
     def drain(self, *names: str) -> None:
-        require(self, Capability.DRAIN, "draining an instance")
+        """Out of nginx's rotation; returns once nginx's old workers finished their requests."""
+        self._health("drain", *names)
 
     def undrain(self, *names: str) -> None:
-        require(self, Capability.DRAIN, "draining an instance")
+        self._health("undrain", *names)
 
     def cut_off(self, name: str) -> None:
         """`name` leaves the `store` network: it still takes requests from nginx, and reaches no Redis."""
@@ -206,8 +220,9 @@ class DockerFarm:
         return False
 
     def out_of_rotation(self) -> dict[str, str]:
-        """Nothing: under Docker nginx has passive checks only (see compose.yaml's healthchecks)."""
-        return {}
+        """Who the health service holds out, and why ("timeout", "unready"); drained ones are not counted."""
+        out: dict[str, str] = json.loads(self._health("show"))["out"]
+        return out
 
     def is_serving(self, name: str) -> bool:
         """Answering its readiness probe on its loopback port (what a native instance is asked)."""

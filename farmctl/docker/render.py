@@ -19,9 +19,12 @@ DOCKER_SENTINEL_PORT = 26379
 DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
 
 
-def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin") -> str:
+def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin",
+                        down: frozenset[str] = frozenset()) -> str:
+    """nginx.conf for web1..webN (service names), those in `down` out of the rotation (the health service)."""
     web = [Instance(f"web{i}", f"web{i}", 8000) for i in range(1, instances + 1)]
-    return render_nginx_in_a_container("docker", web, balance, f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}")
+    return render_nginx_in_a_container("docker", web, balance, f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}",
+                                       down=down)
 
 
 def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
@@ -43,6 +46,8 @@ def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
     services["farm-config"] = {"command": ["python", "-m", "farmctl", "render-docker", "--out", DOCKER_CONFIG_DIR,
                                            "--instances", str(config.instances), "--balance", config.balance]}
     services["nginx"] = {"depends_on": {name: {"condition": "service_healthy"} for name in names}}
+    services["health"] = {"command": ["python", "-m", "farmctl.docker.health", "run",
+                                      "--instances", str(config.instances), "--balance", config.balance]}
     return {"services": services}
 
 

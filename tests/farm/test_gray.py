@@ -69,9 +69,13 @@ def user_load(base_url: str, pause_s: float = 0.05) -> Iterator[Seen]:
         thread.join(30)
 
 
-@pytest.fixture(scope="module")
-def gray_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    """A farm of this module's own (each test mends what it breaks), stopped when the module ends."""
+@pytest.fixture(scope="module", params=["native", "docker"])
+def gray_farm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """Natively a farm of this module's own (each test mends what it breaks), stopped when the
+    module ends; under Docker the shared Docker farm (one farm per runtime at a time on 2 cores)."""
+    if request.param == "docker":
+        yield request.getfixturevalue("docker_farm")
+        return
     config = FarmConfig(instances=3, state_dir=tmp_path_factory.mktemp("gray"),
                         extra_env={"REGISTER_MAX_PER_ADDRESS": "100000"})
     with running_farm(on_free_ports(config), "native") as farm:

@@ -1,5 +1,6 @@
-"""compose.yaml and the Dockerfile, checked without a Docker engine: the schema, what failover relies
-on (healthchecks, restart policies, start order), and agreement with the rendered nginx config."""
+"""compose.yaml and the Dockerfile as files: the schema and `docker compose config`, what failover
+relies on (healthchecks, restart policies, start order), and agreement with the rendered nginx
+config. What they do when they run is tests/farm's, on the Docker runtime (`any_farm`)."""
 
 import json
 import os
@@ -19,8 +20,15 @@ from jsonschema import Draft7Validator
 
 from app.__main__ import KEEPALIVE_S
 from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER
-from farmctl.docker import engine_available
-from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, render_docker, render_nginx_docker
+from farmctl.config import FarmConfig
+from farmctl.docker.engine import compose_command
+from farmctl.docker.render import (
+    DOCKER_INSTANCES,
+    DOCKER_SENTINELS,
+    compose_override,
+    render_docker,
+    render_nginx_docker,
+)
 from farmctl.ports import free_port_block
 from farmctl.wait import wait_until
 
@@ -110,15 +118,37 @@ def test_validate_compose_against_spec_schema(compose: dict[str, Any]) -> None:
     assert errors == []
 
 
-def test_validate_compose_with_docker_cli() -> None:
-    if not engine_available():
-        pytest.skip("no Docker engine answers `docker info`")
-    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("the docker compose plugin is not installed")
-    result = subprocess.run(["docker", "compose", "--project-directory", str(PROJECT_ROOT), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            env={**os.environ, "CSRF_SECRET": "x" * 32})
+@pytest.mark.parametrize("with_override", [False, True])
+def test_validate_compose_with_docker_compose(with_override: bool, tmp_path: Path) -> None:
+    """Compose v2 itself reads compose.yaml (and a farm's override: 5 instances, extra variables)."""
+    files = ["--file", str(COMPOSE_FILE)]
+    if with_override:
+        override = compose_override(FarmConfig(instances=5, extra_env={"SESSION_NEAR_CACHE_S": "0"}), COMPOSE_FILE)
+        (tmp_path / "override.json").write_text(json.dumps(override))
+        files += ["--file", str(tmp_path / "override.json")]
+    secrets = {"CSRF_SECRET": "x" * 32, "PROXY_SECRET": "p" * 32, "REDIS_PASSWORD": "r" * 32}
+    result = subprocess.run([*compose_command(), "--project-directory", str(PROJECT_ROOT), *files, "config",
+                             "--format", "json"], capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, **secrets})
     assert result.returncode == 0, result.stderr
+    merged = json.loads(result.stdout)["services"]
+    expected = 5 if with_override else DOCKER_INSTANCES
+    assert sorted(n for n in merged if n.startswith("web")) == [f"web{i}" for i in range(1, expected + 1)]
+    if with_override:
+        assert merged["web5"]["environment"]["INSTANCE_NAME"] == "web5"
+        assert merged["web5"]["environment"]["SESSION_NEAR_CACHE_S"] == "0"
+        assert merged["web5"]["healthcheck"] == merged["web1"]["healthcheck"]
+        assert set(merged["nginx"]["depends_on"]) >= {f"web{i}" for i in range(1, 6)}
+
+
+def test_refuse_compose_without_its_secrets() -> None:
+    result = subprocess.run([*compose_command(), "--project-directory", str(PROJECT_ROOT), "config", "--quiet"],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={k: v for k, v in os.environ.items()
+                                 if k not in ("CSRF_SECRET", "PROXY_SECRET", "REDIS_PASSWORD")})
+    assert result.returncode != 0
+    assert "set CSRF_SECRET" in result.stderr or "set PROXY_SECRET" in result.stderr \
+        or "set REDIS_PASSWORD" in result.stderr
 
 
 def test_declare_healthcheck_and_restart_on_every_long_lived_service(services: dict[str, Service]) -> None:
@@ -151,7 +181,8 @@ def test_declare_web_services_identical_but_for_their_name(services: dict[str, S
 
 def test_declare_web_environment_pointing_at_compose_redis(services: dict[str, Service]) -> None:
     env = services[WEB_SERVICES[0]]["environment"]
-    host = re.fullmatch(r"redis://([\w-]+):6379/\d+", env["REDIS_URL"])
+    # A password from a required variable: Redis shares its network with other containers.
+    host = re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@([\w-]+):6379/\d+", env["REDIS_URL"])
     assert host is not None
     assert host.group(1) in services
     assert depends_on(services[WEB_SERVICES[0]]) == {host.group(1): "service_healthy"}
@@ -183,8 +214,22 @@ def test_publish_only_nginx_on_loopback(services: dict[str, Service]) -> None:
         assert host_ip == "127.0.0.1", port
 
 
+def redis_argv(service: Service) -> list[str]:
+    """redis-server's own arguments: the command is `sh -c '<write the password file> && exec redis-server ...'`."""
+    script = command_argv(service)[-1]
+    return shlex.split(script.partition("exec ")[2])
+
+
+def test_require_a_password_of_every_redis_node(services: dict[str, Service]) -> None:
+    for name in ("redis", "redis-replica"):
+        script = command_argv(services[name])[-1]
+        assert "requirepass" in script and "masterauth" in script, name
+        assert redis_argv(services[name])[:2] == ["redis-server", "/tmp/auth.conf"], name
+        assert "REDIS_PASSWORD" not in " ".join(redis_argv(services[name])), name  # not on its command line
+
+
 def test_enable_redis_append_only_fsync_every_second(services: dict[str, Service]) -> None:
-    argv = command_argv(services["redis"])
+    argv = redis_argv(services["redis"])
     assert option(argv, "--appendonly") == "yes"
     assert option(argv, "--appendfsync") == "everysec"
     assert any(str(v).endswith(":/data") for v in services["redis"]["volumes"])
@@ -260,8 +305,8 @@ def test_build_image_with_healthcheck_tool_it_contains(dockerfile: list[Instruct
     checks = [args for keyword, args in dockerfile if keyword == "HEALTHCHECK"]
     assert len(checks) == 1
     # python:*-slim has neither curl nor wget; python itself is the HTTP client.
-    assert dockerfile[0][0] == "FROM"
-    assert dockerfile[0][1].startswith("python:")
+    assert dockerfile[0] == ("ARG", "PYTHON_IMAGE=python:3.11-slim")
+    assert dockerfile[1] == ("FROM", "${PYTHON_IMAGE}")
     argv = json.loads(checks[0].partition("CMD ")[2])
     assert argv[:3] == ["python", "-m", "app.probe"]
     assert f"http://127.0.0.1:{APP_PORT}/healthz" in argv
@@ -287,7 +332,7 @@ def test_build_image_dependencies_before_source(dockerfile: list[Instruction]) -
     def first(prefix: str) -> int:
         return next(i for i, step in enumerate(steps) if step.startswith(prefix))
 
-    assert first("COPY pyproject.toml requirements.lock") < first("RUN python -c") < first("COPY app/")
+    assert first("COPY pyproject.toml requirements.lock") < first("RUN python -m venv") < first("COPY app/")
     # farmctl/ and nginx/ are what the farm-config service runs.
     assert {"COPY app/ app/", "COPY farmctl/ farmctl/", "COPY nginx/ nginx/"} <= set(steps)
 
@@ -296,7 +341,7 @@ def test_build_image_installing_locked_runtime_dependencies(dockerfile: list[Ins
     install = next(args for keyword, args in dockerfile if keyword == "RUN" and "pip install" in args)
     assert "-c requirements.lock -r requirements.txt" in install
     # The list is pyproject.toml's own: run the image's extraction step on it.
-    script = shlex.split(install.partition(" > requirements.txt")[0])
+    script = shlex.split(install.partition(" > requirements.txt")[0].partition("&& ")[2])
     assert script[:2] == ["python", "-c"]
     shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
     listed = subprocess.run([sys.executable, "-c", script[2]], cwd=tmp_path, capture_output=True, text=True,
@@ -320,6 +365,7 @@ def test_render_docker_configs_without_supervisor_or_psutil(tmp_path: Path) -> N
                "        if name.split('.')[0] in ('supervisor', 'psutil'):\n"
                "            raise ImportError(f'{name} is not in the image')\n"
                "sys.meta_path.insert(0, Block())\n"
+               "import farmctl.docker.health\n"  # the health service's loop, too
                "from farmctl.__main__ import main\n"
                f"sys.exit(main(['render-docker', '--out', {str(tmp_path)!r}]))\n")
     done = subprocess.run([sys.executable, "-c", blocker], cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -354,12 +400,12 @@ def sentinel_script(services: dict[str, Service], rendered: Path, conf: Path) ->
 def test_declare_sentinel_profile_with_replica_and_three_sentinels(services: dict[str, Service]) -> None:
     profiled = {name for name, svc in services.items() if "sentinel" in svc.get("profiles", [])}
     assert profiled == {"redis-replica", *SENTINELS}
-    replica = command_argv(services["redis-replica"])
+    replica = redis_argv(services["redis-replica"])
     assert option(replica, "--replicaof") == "redis"
     assert option(replica, "--appendonly") == "yes"
     assert option(replica, "--appendfsync") == "everysec"
     for name in ("redis", "redis-replica"):
-        assert option(command_argv(services[name]), "--replica-announce-ip") == name
+        assert option(redis_argv(services[name]), "--replica-announce-ip") == name
     for name in SENTINELS:
         assert services[name]["environment"]["SENTINEL_NAME"] == name
         assert depends_on(services[name]) == {"farm-config": "service_completed_successfully",

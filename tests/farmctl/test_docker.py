@@ -1,4 +1,5 @@
-"""DockerFarm without a Docker engine: what it hands to `docker compose`."""
+"""DockerFarm without a Docker engine: what it hands to `docker compose` (its behaviour with one is
+tests/farm's, through `any_farm` and `docker_farm`)."""
 
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def test_environment_keeps_what_the_operator_set(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "csrf_secret").exists()
 
 
-def test_docker_farm_refuses_another_number_of_instances(tmp_path: Path) -> None:
+def test_docker_farm_refuses_fewer_instances_than_compose_declares(tmp_path: Path) -> None:
     with pytest.raises(FarmError, match=r"compose\.yaml declares 3 instances"):
-        DockerFarm(FarmConfig(instances=4, state_dir=tmp_path))
+        DockerFarm(FarmConfig(instances=2, state_dir=tmp_path))
+
+
+def test_docker_farm_makes_its_redis_password_once_and_names_its_project_by_state_dir(tmp_path: Path) -> None:
+    farm = DockerFarm(FarmConfig(state_dir=tmp_path / "a"))
+    again = DockerFarm(FarmConfig(state_dir=tmp_path / "a"))
+    other = DockerFarm(FarmConfig(state_dir=tmp_path / "b"))
+    assert len(farm.config.redis_password) >= 32
+    assert farm.config.redis_password == again.config.redis_password != other.config.redis_password
+    assert farm.config.redis_url.startswith(f"redis://:{farm.config.redis_password}@127.0.0.1:")
+    assert farm.project == again.project != other.project
+    assert farm.config.https_url is None  # HTTP only: compose.yaml publishes no HTTPS port

@@ -1,0 +1,168 @@
+"""Active health checks and the rotation under Docker: compose.yaml's `health` service.
+
+The native loop's readiness (farmctl/native/health.py: the same probes, FALL/RISE, never every
+instance out), run in a container that shares nginx's process namespace (`pid: service:nginx`) and
+its config volume: it re-renders nginx.conf with the failing instances `down` and sends nginx's
+master SIGHUP. Liveness stays in each web container (app/probe.py SIGKILLs an app hung for 10 s,
+its init exits, the restart policy starts it again): this container can signal nginx, but no
+instance - an instance's fate is its own container's business, not a sibling's.
+
+  python -m farmctl.docker.health run --instances N --balance B     the loop (the service's command)
+  python -m farmctl.docker.health drain|undrain [web2 ...]           what `DockerFarm.drain` execs here
+  python -m farmctl.docker.health show                               the rotation, as JSON
+
+No psutil here (the image has the app's dependencies only): nginx's processes are read from /proc."""
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypedDict
+
+import httpx
+
+from farmctl.docker.render import DOCKER_CONFIG_DIR, render_nginx_docker
+from farmctl.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, decide, probe
+
+log = logging.getLogger("health")
+CONFIG_DIR = Path(DOCKER_CONFIG_DIR)
+
+
+class Rotation(TypedDict):
+    draining: list[str]  # instances a graceful operation (roll) restarts
+    out: dict[str, str]  # instances the loop holds out, with the reason ("timeout", "unready")
+
+
+def _nginx() -> tuple[int, set[int]]:
+    """nginx's master pid and its live (not shutting down) workers, from /proc."""
+    master, workers = 0, dict[int, tuple[int, bool]]()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if title.startswith("nginx: master process"):
+            master = int(entry.name)
+        elif title.startswith("nginx: worker process"):
+            workers[int(entry.name)] = (ppid, "shutting down" in title)
+    return master, {pid for pid, (ppid, leaving) in workers.items() if ppid == master and not leaving}
+
+
+def _gone(before: set[int]) -> bool:
+    for pid in before:
+        try:
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            continue
+    return True
+
+
+@contextmanager
+def editing() -> Iterator[Rotation]:
+    """The rotation ({"draining": [...], "out": {name: reason}}) under a lock, written after the block."""
+    with (CONFIG_DIR / "rotation.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = CONFIG_DIR / "rotation.json"
+        rotation: Rotation = json.loads(path.read_text()) if path.exists() else {"draining": [], "out": {}}
+        yield rotation
+        path.write_text(json.dumps(rotation))
+
+
+def apply(instances: int, balance: str, change: Callable[[Rotation], None],
+          timeout_s: float = 15, finish: bool = True) -> None:
+    """Change the rotation, re-render nginx.conf and reload nginx; return once new workers run and,
+    with `finish`, the old ones are gone (their requests done: a drained instance can then be
+    restarted). The loop's own changes do not wait: old workers may be waiting on a hung instance."""
+    with editing() as rotation:
+        change(rotation)
+        down = frozenset([*rotation["draining"], *rotation["out"]])
+        tmp = CONFIG_DIR / "nginx.conf.tmp"
+        tmp.write_text(render_nginx_docker(instances, balance, down))
+        tmp.replace(CONFIG_DIR / "nginx.conf")
+        master, before = _nginx()
+        if not master:
+            return  # nginx is (re)starting: it reads the new file itself
+        os.kill(master, signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            _, now = _nginx()
+            if now - before and (not finish or _gone(before)):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"nginx did not finish reloading within {timeout_s:.0f} s")
+
+
+def run(instances: int, balance: str) -> None:
+    names = [f"web{i}" for i in range(1, instances + 1)]
+    checked = [Instance(name, f"http://{name}:8000") for name in names]
+    client = httpx.Client(timeout=PROBE_TIMEOUT_S)
+    pool = ThreadPoolExecutor(max_workers=8)
+
+    def everyone_in(rotation: Rotation) -> None:  # a farm that starts has everyone in rotation
+        rotation["out"], rotation["draining"] = {}, []
+
+    apply(instances, balance, everyone_in)
+    while True:
+        started = time.monotonic()
+        try:
+            for inst, result in zip(checked, pool.map(lambda i: probe(client, i.url), checked), strict=True):
+                inst.saw(result, started)
+            with editing() as current:
+                held = dict(current["out"])
+            wanted = decide(checked, held)
+            if wanted != held:
+                def hold(rotation: Rotation) -> None:
+                    rotation["out"] = wanted  # noqa: B023 - called at once
+
+                apply(instances, balance, hold, finish=False)
+                for name in wanted.keys() - held.keys():
+                    log.warning("%s out of rotation: %s", name, wanted[name])
+                for name in held.keys() - wanted.keys():
+                    log.warning("%s back in rotation", name)
+        except Exception:  # a reload hiccup must not end the health checks
+            log.exception("health round failed")
+        time.sleep(max(0.0, PROBE_EVERY_S - (time.monotonic() - started)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="farmctl.docker.health", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "drain", "undrain", "show"])
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "3")))
+    parser.add_argument("--balance", default=os.environ.get("BALANCE") or "round_robin")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "run":
+        run(args.instances, args.balance)
+    elif args.command == "show":
+        with editing() as rotation:
+            print(json.dumps(rotation))
+    else:
+        def change(rotation: Rotation) -> None:
+            draining = set(rotation["draining"])
+            if args.command == "drain":
+                draining |= set(args.names)
+            else:
+                draining -= set(args.names or draining)
+            rotation["draining"] = sorted(draining)
+
+        apply(args.instances, args.balance, change)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What an active health check decides, on any runtime (the native loop, farmctl/native/health.py,
+and the Docker one, farmctl/docker/health.py): probe each instance's /readyz, take it out after
+FALL bad probes in a row and back after RISE good ones, and never take every instance out.
+Like HAProxy's `inter 0.5s fall 2 rise 2` and Kubernetes' readiness probes; the reasons why are
+in farmctl/native/health.py."""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import httpx
+
+PROBE_EVERY_S = 0.5
+PROBE_TIMEOUT_S = 0.5
+FALL = 2
+RISE = 2
+LIVENESS_S = 10.0
+
+
+class Probe(StrEnum):
+    READY = "ready"
+    UNREADY = "unready"  # answered, but not 200: cannot reach the session store
+    TIMEOUT = "timeout"  # no answer in time: hung (or overloaded beyond its own limits)
+    REFUSED = "refused"  # nothing listens: dead, or starting
+
+
+@dataclass
+class Instance:
+    name: str
+    url: str
+    recent: list[Probe] = field(default_factory=list)
+    silent_since: float | None = None  # the first of an unbroken run of timeouts
+
+    def saw(self, probe: Probe, now: float) -> None:
+        if probe is not Probe.REFUSED:
+            self.recent = [*self.recent, probe][-max(FALL, RISE):]
+        if probe is Probe.TIMEOUT:
+            self.silent_since = self.silent_since or now
+        else:
+            self.silent_since = None
+
+    def failing(self) -> Probe | None:
+        """TIMEOUT or UNREADY after FALL bad probes in a row (the latest reason), else None."""
+        last = self.recent[-FALL:]
+        if len(last) == FALL and Probe.READY not in last:
+            return last[-1]
+        return None
+
+    def ready(self) -> bool:
+        last = self.recent[-RISE:]
+        return len(last) == RISE and all(p is Probe.READY for p in last)
+
+
+def probe(client: httpx.Client, url: str) -> Probe:
+    try:
+        status = client.get(f"{url}/readyz").status_code
+    except httpx.TimeoutException:
+        return Probe.TIMEOUT
+    except httpx.TransportError:
+        return Probe.REFUSED
+    return Probe.READY if status == 200 else Probe.UNREADY
+
+
+def decide(instances: list[Instance], out: dict[str, str]) -> dict[str, str]:
+    """The instances to hold out, with the reason: failing ones out, ready ones back in, the rest
+    as they were. Never every instance: when all fail, only the hung stay out; when all hang,
+    none (a fault they share, and nginx still has its passive checks). One slow probe does not
+    count as failing (FALL in a row do), so it cannot bring a store-less instance back either."""
+    held = {i.name: out[i.name] for i in instances if i.name in out and not i.ready()}
+    held |= {i.name: str(reason) for i in instances if (reason := i.failing())}
+    if len(held) == len(instances):  # none left: a fault they share (Redis), not theirs
+        held = {name: reason for name, reason in held.items() if reason == Probe.TIMEOUT}
+    return held if len(held) < len(instances) else {}
