@@ -7,7 +7,7 @@ from pathlib import Path
 
 from farmctl.config import FarmConfig
 from farmctl.docker.render import render_docker
-from farmctl.runtime import FarmError, as_rows
+from farmctl.runtime import UNSUPERVISED, FarmError, as_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,11 +50,17 @@ def main(argv: list[str] | None = None) -> int:
             farm.down()
             print("webfarm is down")
         elif args.command == "status":
-            rows = as_rows(farm.status())
+            statuses = farm.status()
+            rows = as_rows(statuses)
             width = max([4, *(len(name) for name, *_ in rows)])
             print(f"{'NAME':{width}} {'PORT':>6} {'PID':>8}  STATE")
             for row in rows:
                 print("{:{w}} {:>6} {:>8}  {}".format(*row, w=width))
+            if unsupervised := [s for s in statuses if s.state == UNSUPERVISED]:
+                print(f"farmctl: supervisord is not running, but {len(unsupervised)} of the farm's processes are: "
+                      "nothing restarts them if they die. `make down` stops them; `make up` starts the farm "
+                      "again under a new supervisord.", file=sys.stderr)
+                return 1
         elif args.command == "logs":
             config = farm.config
             names = args.names or [*config.redis_nodes, *config.sentinels, *farm.instance_names(), "nginx",

@@ -36,6 +36,10 @@ class Capability(StrEnum):
     REDIS_FAILOVER = "redis-failover"
 
 
+#: The state of a process that runs although its supervisor does not (nothing restarts it if it dies).
+UNSUPERVISED = "UNSUPERVISED"
+
+
 @dataclass(frozen=True)
 class ProcessStatus:
     """One supervised process (or container) as the runtime sees it."""

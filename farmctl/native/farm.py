@@ -4,6 +4,7 @@ supervisord is the process supervisor (it restarts whatever dies); this module s
 files `farmctl.native.render` writes, and drives it through `farmctl.native.supervisor` - in an
 order that drops no request."""
 
+import signal
 import subprocess
 import sys
 import time
@@ -15,9 +16,9 @@ import psutil
 from farmctl.config import FarmConfig
 from farmctl.native import netfault, redis_ha, rotation
 from farmctl.native.render import render_nginx_native, write_configs
-from farmctl.native.supervisor import Supervisor
+from farmctl.native.supervisor import Supervisor, terminate
 from farmctl.ports import port_is_free
-from farmctl.runtime import Capability, FarmError, ProcessStatus
+from farmctl.runtime import UNSUPERVISED, Capability, FarmError, ProcessStatus
 from farmctl.wait import answers, wait_until
 
 
@@ -41,6 +42,7 @@ class NativeFarm:
         removed, nginx reloaded without dropping connections). Returns when all is healthy."""
         running = self.is_running()
         if not running:
+            self._stop_unsupervised(timeout_s / 2)  # what a SIGKILLed supervisord left: started again below
             taken = [p for p in self.config.ports if not port_is_free(p)]
             if taken:
                 raise FarmError(
@@ -89,13 +91,28 @@ class NativeFarm:
                 self.supervisor.start(name)
 
     def down(self, timeout_s: float = 30) -> None:
-        if not self.is_running():
-            return
-        pid = int((self.state_dir / "supervisord.pid").read_text())
-        self.supervisor.shutdown()
+        """Stop every process the farm started, supervised or not: those of a SIGKILLed supervisord,
+        or the workers of a SIGKILLed nginx master, run on (see `Supervisor.session`)."""
+        pid = self.supervisor.daemon_pid()
+        if self.is_running():
+            self.supervisor.shutdown()
+            if not wait_until(lambda: not psutil.pid_exists(pid), timeout_s):
+                raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
         netfault.reconnect_all(self.state_dir)
-        if not wait_until(lambda: not psutil.pid_exists(pid), timeout_s):
-            raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
+        self._stop_unsupervised(timeout_s, sid=pid)
+
+    def _stop_unsupervised(self, timeout_s: float, sid: int = 0) -> None:
+        """SIGTERM what runs of the farm without supervisord, Redis last as supervisord would; SIGKILL
+        what is left after `timeout_s`; return once the farm's ports are free."""
+        left = self.supervisor.session(sid)
+        if not left:
+            return
+        store = [p for p in left if _name(p) == "redis-server"]
+        terminate([p for p in left if p not in store], signal.SIGTERM, timeout_s)
+        terminate(store, signal.SIGTERM, timeout_s)
+        if not wait_until(lambda: all(port_is_free(p) for p in self.config.ports), 5):
+            taken = [p for p in self.config.ports if not port_is_free(p)]
+            raise FarmError(f"port(s) {', '.join(map(str, taken))} still in use after stopping the farm")
 
     # -- the rotation ----------------------------------------------------------------------
     def reload_nginx(self, change: rotation.Change = rotation.unchanged, finish: bool = True) -> None:
@@ -164,9 +181,11 @@ class NativeFarm:
     def status(self) -> list[ProcessStatus]:
         ports = {i.name: i.port for i in self.config.web} | self.config.redis_nodes | self.config.sentinels | {
             "nginx": self.config.http_port}
-        if not self.is_running():
-            return [ProcessStatus(name, port, 0, "STOPPED") for name, port in ports.items()]
         ha = self.config.replace(redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
+        if not self.is_running():
+            if left := self.supervisor.session():
+                return self._unsupervised(left, ha.redis_nodes | ha.sentinels | ports)
+            return [ProcessStatus(name, port, 0, "STOPPED") for name, port in ports.items()]
         ports = ha.redis_nodes | ha.sentinels | ports
         info = self.supervisor.processes()
         # Instances beyond this config's N (a `make scale` done without N now) follow the same scheme.
@@ -174,6 +193,24 @@ class NativeFarm:
                   if name.startswith("web") and name[3:].isdigit() and name not in ports}
         return [ProcessStatus(name, ports.get(name, 0), int(p["pid"]), str(p["statename"]))
                 for name, p in info.items()]
+
+    @staticmethod
+    def _unsupervised(procs: list[psutil.Process], ports: dict[str, int]) -> list[ProcessStatus]:
+        """Rows for the processes of a farm whose supervisord is gone, named by the port they listen on."""
+        names = {port: name for name, port in ports.items()}
+        rows = []
+        for proc in procs:
+            try:
+                listening = [c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+                cmdline = proc.cmdline()
+            except psutil.Error:
+                continue
+            name = next((names[p] for p in listening if p in names), None)
+            if name is None:
+                name = "health" if "farmctl.native.health" in cmdline else _name(proc)
+            rows.append(ProcessStatus(name, ports.get(name, 0), proc.pid, UNSUPERVISED))
+        return sorted(rows, key=lambda row: (list(ports).index(row.name) if row.name in ports else len(ports),
+                                             row.pid))
 
     def instance_names(self) -> list[str]:
         return [i.name for i in self.config.web]
@@ -245,3 +282,9 @@ class NativeFarm:
         except OSError:
             return "(no log)"
 
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""

@@ -1,10 +1,17 @@
-"""The client of supervisord's XML-RPC interface, over its unix socket."""
+"""The client of supervisord's XML-RPC interface, over its unix socket; and the processes supervisord
+started, found without it (it may be dead while they run on)."""
 
+import os
+import signal
 import xmlrpc.client
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import psutil
 from supervisor.xmlrpc import SupervisorTransport
+
+from farmctl.wait import wait_until
 
 
 class Supervisor:
@@ -12,6 +19,8 @@ class Supervisor:
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
+        self.state_dir = socket_path.parent
+        self.pid_file = self.state_dir / "supervisord.pid"
 
     @property
     def rpc(self) -> Any:
@@ -25,6 +34,47 @@ class Supervisor:
         try:
             return bool(self.rpc.getState()["statename"] == "RUNNING")
         except (OSError, xmlrpc.client.Fault):
+            return False
+
+    def daemon_pid(self) -> int:
+        """supervisord's own pid, from its pid file: the last one started (0 if none was, or it was shut
+        down - supervisord removes the file then; a SIGKILLed one leaves it)."""
+        try:
+            return int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def session(self, sid: int = 0) -> list[psutil.Process]:
+        """Every live process supervisord `sid` (by default the last one started) started, and theirs
+        (nginx's workers), whoever their parent is now - supervisord itself excluded.
+
+        supervisord daemonizes into a session of its own (setsid); its children move to process
+        groups of their own but stay in its session, and so do theirs; and Linux does not give a
+        session's number to a new process while any member lives. So a session whose leader is
+        gone is still the farm's, if one of its members has a file of the state dir open or names it."""
+        sid = sid or self.daemon_pid()
+        if not sid or sid == os.getsid(0):
+            return []
+        members = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != sid and os.getsid(proc.pid) == sid and alive(proc):
+                    members.append(proc)
+            except (OSError, psutil.Error):
+                continue
+        leader = _process(sid)
+        if leader is not None:
+            return members if self._is_ours(leader, cmdline_only=True) else []
+        return members if any(self._is_ours(p) for p in members) else []
+
+    def _is_ours(self, proc: psutil.Process, cmdline_only: bool = False) -> bool:
+        here = f"{self.state_dir}/"
+        try:
+            if here in " ".join(proc.cmdline()):
+                return True
+            return not cmdline_only and (any(f.path.startswith(here) for f in proc.open_files())
+                                         or f"{proc.cwd()}/".startswith(here))
+        except psutil.Error:
             return False
 
     def processes(self) -> dict[str, dict[str, Any]]:
@@ -58,3 +108,40 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.rpc.shutdown()
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return None
+    return proc if alive(proc) else None
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Running, not exited: a zombie counts as gone (its sockets are closed; an orphan's may never be
+    reaped where PID 1 reaps nothing)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def terminate(procs: Collection[psutil.Process], sig: signal.Signals, timeout_s: float) -> list[psutil.Process]:
+    """Send `sig` to each of `procs`, SIGKILL those still alive after `timeout_s`; returns the ones
+    that were SIGKILLed (after waiting for them to go too)."""
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            continue
+    if wait_until(lambda: not any(alive(p) for p in procs), timeout_s, interval_s=0.05):
+        return []
+    killed = [p for p in procs if alive(p)]
+    for proc in killed:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    wait_until(lambda: not any(alive(p) for p in killed), 5, interval_s=0.05)
+    return killed

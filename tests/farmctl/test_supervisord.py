@@ -74,3 +74,12 @@ def test_write_sentinel_files_only_when_the_farm_starts(tmp_path: Path, starting
     (tmp_path / "sentinel-2.conf").write_text(rewritten)
     write_configs(config, starting=starting)
     assert ((tmp_path / "sentinel-2.conf").read_text() == rewritten) is kept
+
+
+def test_render_nginx_through_the_wrapper_that_clears_a_dead_masters_workers(tmp_path: Path) -> None:
+    nginx = programs(FarmConfig(instances=1, state_dir=tmp_path))["nginx"]
+    argv = nginx["command"].split()
+    assert argv[:4] == ["/venv/bin/python", "-m", "farmctl.native.nginx_master", "--"]
+    assert argv[4].endswith("nginx")
+    assert argv[argv.index("-c") + 1] == f"{tmp_path}/nginx.conf"
+    assert nginx["killasgroup"] == "true"  # a master SIGKILLed on stop takes its workers along
