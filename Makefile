@@ -56,8 +56,10 @@ lint: $(VENV)/.installed ## ruff and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(K8S_VENV)/.installed ## install what is missing, lint, then every test against real farms
+test: $(K8S_VENV)/.installed ## install what is missing, lint, then every test against real farms (natively and under Docker)
 	@farmctl/prereqs.sh nginx redis-server chromium wrk iptables
+	@# The Docker farms' engine and image builder (tests/conftest.py starts dockerd for the run if none answers).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then farmctl/prereqs.sh dockerd mmdebstrap; fi
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
 
@@ -67,6 +69,14 @@ loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USE
 
 compare: prereqs $(VENV)/.installed ## the same load test under in-proc, sticky and Redis sessions
 	$(PY) -m loadtest compare
+
+.PHONY: images docker-engine
+images: ## build stand-ins for compose.yaml's images from Debian's packages (no registry needed)
+	@farmctl/docker/standins.sh
+	@echo "use them: export PYTHON_IMAGE=webfarm-standin/python:3.11 NGINX_IMAGE=webfarm-standin/nginx:sid REDIS_IMAGE=webfarm-standin/redis:7"
+
+docker-engine: ## start a Docker engine where none runs (root on Debian/Ubuntu: installs docker.io)
+	@farmctl/docker/dockerd.sh start
 
 .PHONY: bench
 bench: $(VENV)/.installed ## wrk: balancer, both session modes, Redis commands and CPU per request, peers, latency at RATE (ROUNDS=3 DURATION=3s CONNECTIONS=16 N=3 RATE=1000)

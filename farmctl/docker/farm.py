@@ -17,9 +17,11 @@ import signal
 import subprocess
 import time
 
+import redis
+
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.docker.engine import compose_command
-from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, compose_override
+from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, compose_override, config_dir_of
 from farmctl.runtime import Capability, FarmError, ProcessStatus, require
 from farmctl.secret import csrf_secret, farm_secret, proxy_secret
 from farmctl.wait import answers, wait_until
@@ -107,8 +109,14 @@ class DockerFarm:
     def up(self, timeout_s: float = 180) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         # --remove-orphans: instances past a smaller N go (nginx is re-rendered without them first).
-        self._compose("up", "--detach", "--build", "--wait", "--wait-timeout", str(int(timeout_s)),
-                      "--remove-orphans", "--quiet-pull")
+        try:
+            self._compose("up", "--detach", "--build", "--wait", "--wait-timeout", str(int(timeout_s)),
+                          "--remove-orphans", "--quiet-pull")
+        except FarmError as exc:
+            if "registry" in str(exc) or "pull access denied" in str(exc):
+                raise FarmError(f"{exc}\nNo image registry answers: `make images` builds stand-ins from Debian's "
+                                f"packages, and prints the variables that make the farm use them.") from exc
+            raise
         self.wait_healthy(timeout_s)  # `up --wait` has been seen returning 0 with nginx never started
 
     def down(self, timeout_s: float = 30) -> None:
@@ -165,8 +173,22 @@ class DockerFarm:
     def stop(self, name: str) -> None:
         self._compose("stop", name)
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, timeout_s: float = 30) -> None:
+        """Started and answering (as the supervisor's start waits for a program to stay up)."""
         self._compose("start", name)
+        if not wait_until(lambda: self._answers(name), timeout_s, interval_s=0.05):
+            raise FarmError(f"{name} does not answer {timeout_s:.0f} s after its start: docker compose logs {name}")
+
+    def _answers(self, name: str) -> bool:
+        if name in self.instance_names():
+            return self.is_serving(name)
+        if name == "redis":
+            try:
+                with redis.Redis.from_url(self.config.redis_url, socket_timeout=1) as client:
+                    return bool(client.ping())
+            except redis.RedisError:
+                return False
+        return True
 
     def restart(self, name: str) -> None:
         """`docker compose restart`: SIGTERM, then the container starts again; nginx fails over meanwhile."""
@@ -221,7 +243,10 @@ class DockerFarm:
 
     def out_of_rotation(self) -> dict[str, str]:
         """Who the health service holds out, and why ("timeout", "unready"); drained ones are not counted."""
-        out: dict[str, str] = json.loads(self._health("show"))["out"]
+        try:
+            out: dict[str, str] = json.loads((config_dir_of(self.config) / "rotation.json").read_text())["out"]
+        except FileNotFoundError:  # the health service has not started yet: nobody is held out
+            return {}
         return out
 
     def is_serving(self, name: str) -> bool:

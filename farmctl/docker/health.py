@@ -9,7 +9,6 @@ instance - an instance's fate is its own container's business, not a sibling's.
 
   python -m farmctl.docker.health run --instances N --balance B     the loop (the service's command)
   python -m farmctl.docker.health drain|undrain [web2 ...]           what `DockerFarm.drain` execs here
-  python -m farmctl.docker.health show                               the rotation, as JSON
 
 No psutil here (the image has the app's dependencies only): nginx's processes are read from /proc."""
 
@@ -77,7 +76,9 @@ def editing() -> Iterator[Rotation]:
         path = CONFIG_DIR / "rotation.json"
         rotation: Rotation = json.loads(path.read_text()) if path.exists() else {"draining": [], "out": {}}
         yield rotation
-        path.write_text(json.dumps(rotation))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rotation))
+        tmp.replace(path)  # whole or not at all: the runtime reads it from the host (farmctl/docker/farm.py)
 
 
 def apply(instances: int, balance: str, change: Callable[[Rotation], None],
@@ -139,7 +140,7 @@ def run(instances: int, balance: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="farmctl.docker.health", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "drain", "undrain", "show"])
+    parser.add_argument("command", choices=["run", "drain", "undrain"])
     parser.add_argument("names", nargs="*")
     parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "3")))
     parser.add_argument("--balance", default=os.environ.get("BALANCE") or "round_robin")
@@ -148,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "run":
         run(args.instances, args.balance)
-    elif args.command == "show":
-        with editing() as rotation:
-            print(json.dumps(rotation))
     else:
         def change(rotation: Rotation) -> None:
             draining = set(rotation["draining"])

@@ -42,13 +42,25 @@ def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
                  "ports": [f"127.0.0.1:{i.port}:8000"]} for i in config.web}
     for name in names[DOCKER_INSTANCES:]:
         services[name]["extends"] = {"file": str(compose_file), "service": "web1"}
-    services["redis"] = {"ports": [f"127.0.0.1:{config.redis_port}:6379"]}
+    # `store` is internal (no way out, no published ports): Redis joins a network of its own to be published.
+    services["redis"] = {"ports": [f"127.0.0.1:{config.redis_port}:6379"], "networks": ["store", "redis-host"]}
     services["farm-config"] = {"command": ["python", "-m", "farmctl", "render-docker", "--out", DOCKER_CONFIG_DIR,
                                            "--instances", str(config.instances), "--balance", config.balance]}
     services["nginx"] = {"depends_on": {name: {"condition": "service_healthy"} for name in names}}
     services["health"] = {"command": ["python", "-m", "farmctl.docker.health", "run",
                                       "--instances", str(config.instances), "--balance", config.balance]}
-    return {"services": services}
+    # The rendered configs in the farm's state dir rather than in a named volume: the runtime reads
+    # the rotation from there (compose merges a service's mounts by their path in the container).
+    config_dir = str(config_dir_of(config))
+    for name, mode in (("farm-config", ""), ("health", ""), ("nginx", ":ro"),
+                       *((sentinel, ":ro") for sentinel in DOCKER_SENTINEL_NAMES)):
+        services.setdefault(name, {})["volumes"] = [f"{config_dir}:{DOCKER_CONFIG_DIR}{mode}"]
+    return {"services": services, "networks": {"redis-host": {}}}
+
+
+def config_dir_of(config: FarmConfig) -> Path:
+    """Where a farm's compose.yaml services find what farm-config rendered (and the rotation)."""
+    return config.state_dir.resolve() / "docker-config"
 
 
 def render_sentinel_docker(name: str) -> str:

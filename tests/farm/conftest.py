@@ -20,3 +20,11 @@ def store(farm: Farm) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(farm.config.redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+def any_store(any_farm: Farm) -> Iterator[redis.Redis]:
+    """The Redis of `any_farm` (under Docker published on loopback, behind its password)."""
+    client = redis.Redis.from_url(any_farm.config.redis_url, decode_responses=True)
+    yield client
+    client.close()

@@ -203,12 +203,12 @@ def redis_hung(farm: Farm, seconds: float) -> Iterator[None]:
         farm.resume("redis")
 
 
-def test_a_hung_redis_gets_bounded_answers_and_an_immediate_recovery(farm: Farm) -> None:
-    assert_bounded_through(farm, lambda: redis_hung(farm, 5))
+def test_a_hung_redis_gets_bounded_answers_and_an_immediate_recovery(any_farm: Farm) -> None:
+    assert_bounded_through(any_farm, lambda: redis_hung(any_farm, 5))
 
 
-def test_a_redis_stalled_by_a_long_command_gets_bounded_answers_and_an_immediate_recovery(farm: Farm) -> None:
-    assert_bounded_through(farm, lambda: redis_blocked(farm, 3))
+def test_a_redis_stalled_by_a_long_command_gets_bounded_answers_and_an_immediate_recovery(any_farm: Farm) -> None:
+    assert_bounded_through(any_farm, lambda: redis_blocked(any_farm, 3))
 
 
 def until_not_503(send: Callable[[], httpx.Response], deadline_s: float = 20) -> httpx.Response:
@@ -220,10 +220,10 @@ def until_not_503(send: Callable[[], httpx.Response], deadline_s: float = 20) ->
         time.sleep(0.2)
 
 
-def test_writes_during_a_redis_stall_apply_exactly_once(farm: Farm) -> None:
+def test_writes_during_a_redis_stall_apply_exactly_once(any_farm: Farm) -> None:
     """Adds and registrations that time out while Redis is blocked are applied once Redis gets to
     them; the client repeats each with its Idempotency-Key until it gets an answer, and each counts once."""
-    base = farm.config.balancer_url
+    base = any_farm.config.balancer_url
     with client_from(base) as owner:
         register(owner, username := new_username())
         assert login(owner, username).status_code == 200
@@ -250,7 +250,7 @@ def test_writes_during_a_redis_stall_apply_exactly_once(farm: Farm) -> None:
                 return response
             return until_not_503(send).status_code
 
-    with redis_blocked(farm, 3), ThreadPoolExecutor(24) as pool:
+    with redis_blocked(any_farm, 3), ThreadPoolExecutor(24) as pool:
         adds = list(pool.map(add, range(30)))
         registrations = list(pool.map(register_one, range(10)))
     assert adds == [200] * 30
