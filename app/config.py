@@ -1,11 +1,13 @@
 """Settings of one web instance, read from the environment (pydantic-settings)."""
 
+from collections.abc import Iterable
 from enum import StrEnum
 from functools import lru_cache
-from typing import Self
+from typing import Annotated, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The CSRF secret of the demo; refused outside ENVIRONMENT=demo.
 DEMO_CSRF_SECRET = "webfarm-demo-only-change-me"  # noqa: S105 - public on purpose, refused in production
@@ -17,8 +19,39 @@ SESSION_COOKIE = "webfarm_session"
 #: The default cart limits (CART_MAX_ITEMS, CART_MAX_QTY), which app.sessions.Limits defaults to as well.
 CART_MAX_ITEMS = 50
 CART_MAX_QTY = 999
+#: The default cap on one account's sessions (SESSION_MAX_PER_ACCOUNT): signing in past it ends the oldest.
+SESSION_MAX_PER_ACCOUNT = 100
+#: The default time a cart add's Idempotency-Key is remembered (IDEMPOTENCY_WINDOW_S).
+IDEMPOTENCY_WINDOW_S = 10 * 60
 #: The header the balancer sends PROXY_SECRET in, with every request it forwards (see app.middleware).
 PROXY_HEADER = "X-Webfarm-Proxy"
+#: The names a farm on this machine answers to; nginx refuses any other Host (farmctl's ALLOWED_HOSTS).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+#: The balancer's ports under `make up` and compose (HTTP_PORT, HTTPS_PORT): the default origins' ports.
+HTTP_PORT = 8080
+HTTPS_PORT = 8443
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalized_origin(url: str) -> str | None:
+    """`scheme://host:port` of an origin (the port spelled out, the host in lower case), or None if
+    `url` is not one: another scheme, a path, credentials, or the "null" of an opaque origin."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if (parts.scheme not in _DEFAULT_PORTS or not host or parts.path not in ("", "/") or parts.query
+            or parts.fragment or parts.username is not None):
+        return None
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port or _DEFAULT_PORTS[parts.scheme]}"
+
+
+def origins(hosts: Iterable[str], http_port: int, https_port: int | None) -> tuple[str, ...]:
+    """The origins of a balancer that serves `hosts` on these ports (no HTTPS if `https_port` is 0)."""
+    ports = [("http", http_port), *([("https", https_port)] if https_port else [])]
+    return tuple(f"{scheme}://{host}:{port}" for scheme, port in ports for host in hosts)
 
 
 class Environment(StrEnum):
@@ -96,6 +129,12 @@ class Settings(BaseSettings):
         description="Signs CSRF tokens of the HTML forms. Required (32+ characters) outside ENVIRONMENT=demo.",
     )
 
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        origins(LOOPBACK_HOSTS, HTTP_PORT, HTTPS_PORT),
+        description="scheme://host[:port],... of the pages that may send state-changing requests: one whose "
+                    "Origin is another is refused 403 (app.csrf), whatever its Host says - a DNS-rebinding page "
+                    "sets both. Default: the loopback names on ports 8080 and 8443; farmctl derives them from "
+                    "the farm's names and ports, a production deployment sets its public origin(s).")
     proxy_secret: str = Field(
         "", description="The balancer sends it with every request; only such requests may set the client's "
                         "address and scheme (X-Forwarded-For/-Proto). Empty: those headers are never trusted.")
@@ -114,6 +153,25 @@ class Settings(BaseSettings):
     argon2_queue_wait_s: float = Field(0.5, gt=0, description="Longest wait for a hash slot; then 503.")
 
     stats_flush_interval_s: float = Field(1.0, gt=0, description="Write-behind of request counts.")
+
+    # What one account can make the store keep (app.sessions).
+    session_max_per_account: int = Field(
+        SESSION_MAX_PER_ACCOUNT, ge=1, description="Sessions one account may hold; a login past it ends the "
+                                                   "account's oldest session, so sign-out-everywhere stays cheap.")
+    idempotency_window_s: int = Field(
+        IDEMPOTENCY_WINDOW_S, ge=1, description="How long a cart add's Idempotency-Key is remembered (a retry "
+                                                "within it applies once); the record goes with the session.")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if not isinstance(value, str | list | tuple):
+            return value
+        given = [item for item in (value.split(",") if isinstance(value, str) else value) if str(item).strip()]
+        parsed = tuple(normalized_origin(str(item)) for item in given)
+        if None in parsed:
+            raise ValueError(f"ALLOWED_ORIGINS: not an origin (scheme://host[:port]): {given[parsed.index(None)]!r}")
+        return parsed
 
     @model_validator(mode="after")
     def _no_demo_secrets_in_production(self) -> Self:

@@ -1,7 +1,8 @@
-"""CSRF protection of the HTML forms, in two layers:
+"""CSRF protection, in two layers:
 
-- every form POST must come from our own origin (Origin / Sec-Fetch-Site, see deps.same_origin);
-- and carry a token: an HMAC, under the server's secret, of the session id - or, before signing
+- every state-changing request (a form POST, an API write) must come from one of our own origins
+  (`from_our_origin`, checked by deps.same_origin);
+- and a form POST must carry a token: an HMAC, under the server's secret, of the session id - or, before signing
   in, of a pre-session cookie that the server itself issued and signed. A cookie value the client
   chose (planted by a sibling site or a man in the middle on plain HTTP) fails the signature, so
   it cannot be paired with a token the attacker computed. Over HTTPS the pre-session cookie has
@@ -14,10 +15,22 @@ import secrets
 from fastapi import Request, Response
 
 from app.auth import is_https
-from app.config import Settings
+from app.config import Settings, normalized_origin
 from app.sessions import SessionKey
 
 PRE_SESSION_COOKIE = "webfarm_csrf"
+
+
+def from_our_origin(request: Request, settings: Settings) -> bool:
+    """False when the browser says the request comes from a page that is not ours.
+
+    Browsers send Origin with every POST, and Sec-Fetch-Site; a page cannot forge either. Origin is
+    compared with ALLOWED_ORIGINS, never with Host: a DNS-rebinding page (its own name resolved to
+    the farm's address) sends its own name in both. Non-browser clients send neither."""
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or normalized_origin(origin) in settings.allowed_origins
 
 
 def _sign(settings: Settings, purpose: str, value: str) -> str:

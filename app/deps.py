@@ -3,11 +3,11 @@
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 from fastapi import Depends, Header, HTTPException, Request, status
 from redis.asyncio import Redis
 
+from app import csrf
 from app.admission import Admission
 from app.auth import Auth
 from app.config import Settings
@@ -105,14 +105,8 @@ async def admitted(admission: AdmissionDep) -> AsyncIterator[None]:
 Admitted = Depends(admitted)
 
 
-async def same_origin(request: Request) -> None:
-    """Refuse state-changing requests that a browser marks as coming from another site.
-
-    Browsers send Origin (and Sec-Fetch-Site) on cross-site POSTs; a page elsewhere cannot
-    forge them. Non-browser clients send neither and are not affected."""
-    if request.method in ("GET", "HEAD", "OPTIONS"):
-        return
-    origin = request.headers.get("origin")
-    cross_site = request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
-    if cross_site or (origin and urlsplit(origin).netloc != request.headers.get("host")):
+async def same_origin(request: Request, settings: SettingsDep) -> None:
+    """Refuse state-changing requests that a browser marks as coming from a page not ours
+    (app.csrf.from_our_origin: Origin against ALLOWED_ORIGINS)."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not csrf.from_our_origin(request, settings):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")

@@ -3,6 +3,7 @@
 `FarmConfig` reads the `make` variables (N, HTTP_PORT, REDIS, ...) from the environment; a process
 that must drive the same farm (the load test's Locust) receives it serialized, as one value."""
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -11,6 +12,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.__main__ import KEEPALIVE_S
+from app.config import HTTP_PORT, HTTPS_PORT, LOOPBACK_HOSTS, origins
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +23,8 @@ NGINX_KEEPALIVE_S = 60
 SENTINEL_MASTER = "webfarm"
 #: The environment variable that carries a whole FarmConfig to another process, as JSON.
 CONFIG_VARIABLE = "WEBFARM_FARM_CONFIG"
+#: A name nginx's server_name takes literally: a DNS name, an IPv4 address or a bracketed IPv6 one.
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ class FarmConfig(BaseSettings):
                                       frozen=True, populate_by_name=True)
 
     instances: int = Field(3, ge=1, le=50, validation_alias=_env("instances", "N"))
-    http_port: int = 8080
-    https_port: int = Field(8443, description="0: no HTTPS")
+    http_port: int = HTTP_PORT
+    https_port: int = Field(HTTPS_PORT, description="0: no HTTPS")
     base_port: int = Field(8001, description="web1's port; webN's is base_port + N - 1")
     redis_port: int = 6380
     redis_password: str = Field("", description="Docker: the farm's own (its Redis shares a network)")
@@ -67,12 +71,29 @@ class FarmConfig(BaseSettings):
     demo_controls: bool = False
     state_dir: Path = PROJECT_ROOT / ".farm"
     key_prefix: str = "webfarm"
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        LOOPBACK_HOSTS, description="the names nginx serves, with or without the port (comma-separated); any "
+                                    "other Host is refused 421 before it reaches an instance")
     extra_env: dict[str, str] = Field(default_factory=dict, description="more variables for every instance")
 
     @field_validator("sentinel_ports", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return tuple(int(p) for p in value.split(",")) if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, value: object) -> object:
+        return tuple(h.strip().lower() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _served_by_its_own_address(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if bad := [host for host in value if not _HOST_NAME.fullmatch(host)]:
+            raise ValueError(f"ALLOWED_HOSTS: not a host name (no port, no wildcard): {bad[0]!r}")
+        if "127.0.0.1" not in value:  # balancer_url
+            raise ValueError("ALLOWED_HOSTS must include 127.0.0.1: farmctl and the tests reach the balancer by it")
+        return value
 
     @classmethod
     def from_env(cls, **overrides: object) -> Self:
@@ -121,6 +142,11 @@ class FarmConfig(BaseSettings):
     def sentinel_addresses(self) -> str:
         """What the instances get as REDIS_SENTINELS (empty in single mode)."""
         return ",".join(f"127.0.0.1:{port}" for port in self.sentinels.values())
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        """What the instances get as ALLOWED_ORIGINS: every allowed name on the HTTP and HTTPS port."""
+        return origins(self.allowed_hosts, self.http_port, self.https_port)
 
     @property
     def https_url(self) -> str | None:

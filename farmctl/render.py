@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from app.config import Settings
+from app.config import LOOPBACK_HOSTS, Settings
 from farmctl.config import APP_KEEPALIVE_S, NGINX_KEEPALIVE_S, PROJECT_ROOT, Instance
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
@@ -41,21 +41,24 @@ def render_nginx(runtime: str, **values: object) -> str:
 
 
 def render_nginx_in_a_container(runtime: str, instances: list[Instance], balance: str, proxy_secret_conf: str,
+                                allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS, down: frozenset[str] = frozenset(),
                                 **values: object) -> str:
     """What the Docker and Kubernetes configs share: port 8080 on every interface, HTTP only (TLS
-    terminates in front), static files from /srv/static."""
-    return render_nginx(runtime, instances=instances, down=set(), balance=balance, listen_host="0.0.0.0",
-                        http_port=8080, https_port=None, static_dir="/srv/static",
+    terminates in front), static files from /srv/static; the names served, `allowed_hosts`, are the
+    loopback ones unless the deployment names its own."""
+    return render_nginx(runtime, instances=instances, down=down, balance=balance, allowed_hosts=allowed_hosts,
+                        listen_host="0.0.0.0", http_port=8080, https_port=None, static_dir="/srv/static",
                         proxy_secret_conf=proxy_secret_conf, **values)
 
 
 def render_nginx_kubernetes(namespace: str = "webfarm", service: str = "web", port: int = 8000,
                             cluster_domain: str = "cluster.local",
-                            resolver: str = "kube-dns.kube-system.svc.cluster.local") -> str:
+                            resolver: str = "kube-dns.kube-system.svc.cluster.local",
+                            allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS) -> str:
     """The balancer's config for k8s/ (committed as k8s/base/nginx.conf): one upstream name, the web
     pods' headless Service, which nginx re-resolves through the cluster DNS, so pods join and leave
     the rotation with their readiness. Unprivileged: port 8080, pid and temp files under /tmp."""
     web = [Instance(service, f"{service}.{namespace}.svc.{cluster_domain}", port)]
     # The proxy secret's include is written at the pod's start from the Secret (k8s/base/balancer.yaml).
     return render_nginx_in_a_container("kubernetes", web, "round_robin", f"/etc/nginx/secret/{PROXY_SECRET_CONF}",
-                                       resolver=resolver)
+                                       allowed_hosts, resolver=resolver)

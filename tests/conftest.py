@@ -23,7 +23,7 @@ FarmFactory = Callable[..., Farm]
 #: The make variables FarmConfig reads: the tests' farms are shaped by the tests, not by `make test N=5`.
 FARM_VARIABLES = ("N", "HTTP_PORT", "HTTPS_PORT", "BASE_PORT", "REDIS_PORT", "REDIS", "REPLICA_PORT",
                   "SENTINEL_PORTS", "SESSION_BACKEND", "BALANCE", "DEMO_CONTROLS", "STATE_DIR", "KEY_PREFIX",
-                  "RUNTIME")
+                  "RUNTIME", "ALLOWED_HOSTS", "ALLOWED_ORIGINS", "PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,6 +18,11 @@ from farmctl.secret import csrf_secret, proxy_secret, proxy_secret_conf
 from farmctl.tls import certificate_paths, ensure_certificate
 
 SUPERVISORD_TEMPLATE = Path(__file__).parent / "supervisord.conf.j2"
+#: Redis's memory policy. A limit of its own, so that a full store refuses writes (OOM) instead of
+#: the kernel killing it; and noeviction, so that no session is ever evicted silently - a full Redis
+#: still serves reads and deletes (logouts), and frees memory as sessions expire.
+REDIS_MAXMEMORY = "256mb"
+REDIS_MAXMEMORY_POLICY = "noeviction"
 
 
 def render_nginx_native(config: FarmConfig, down: Collection[str] = ()) -> str:
@@ -28,6 +33,7 @@ def render_nginx_native(config: FarmConfig, down: Collection[str] = ()) -> str:
         instances=config.web,
         down=set(down),
         balance=config.balance,
+        allowed_hosts=config.allowed_hosts,
         listen_host="127.0.0.1",
         http_port=config.http_port,
         https_port=config.https_port,
@@ -52,6 +58,7 @@ def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]
     yield "ENVIRONMENT", "demo"
     yield "CSRF_SECRET", csrf_secret(config.state_dir)
     yield "PROXY_SECRET", proxy_secret(config.state_dir)
+    yield "ALLOWED_ORIGINS", ",".join(config.allowed_origins)
     yield "REDIS_URL", config.redis_url
     if config.sentinel:
         yield "REDIS_SENTINELS", config.sentinel_addresses
@@ -79,6 +86,7 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         redis_server=require_binary("redis-server"),
         nginx=require_binary("nginx"),
         redis_port=config.redis_port,
+        redis_memory=f"--maxmemory {REDIS_MAXMEMORY} --maxmemory-policy {REDIS_MAXMEMORY_POLICY}",
         redis_nodes=config.redis_nodes,
         sentinels=config.sentinels,
         instances=config.web,

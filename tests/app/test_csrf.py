@@ -2,6 +2,8 @@
 
 from http.cookies import SimpleCookie
 
+import pytest
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,10 +14,41 @@ from app.sessions import SessionKey
 SETTINGS = Settings(csrf_secret="s" * 32)
 
 
-def request(cookies: dict[str, str] | None = None, scheme: str = "http") -> Request:
+def request(cookies: dict[str, str] | None = None, scheme: str = "http",
+            headers: dict[str, str] | None = None) -> Request:
     header = "; ".join(f"{k}={v}" for k, v in (cookies or {}).items()).encode()
     return Request({"type": "http", "method": "POST", "path": "/", "scheme": scheme, "query_string": b"",
-                    "headers": [(b"cookie", header)] if header else [], "server": ("127.0.0.1", 80)})
+                    "headers": [*([(b"cookie", header)] if header else []),
+                                *((k.encode(), v.encode()) for k, v in (headers or {}).items())],
+                    "server": ("127.0.0.1", 80)})
+
+
+def test_an_origin_is_ours_only_if_configured_whatever_the_host() -> None:
+    settings = Settings(csrf_secret="s" * 32, allowed_origins="https://shop.example,http://127.0.0.1:8080")
+    for ours in ("https://shop.example", "https://SHOP.example:443", "http://127.0.0.1:8080"):
+        assert csrf.from_our_origin(request(headers={"origin": ours, "host": "elsewhere.example"}), settings), ours
+    # DNS rebinding: a foreign page's Origin matches the Host it sends; neither is configured.
+    for host in ("rebind.example", "rebind.example:8080"):
+        rebound = request(headers={"origin": f"http://{host}", "host": host, "sec-fetch-site": "same-origin"})
+        assert not csrf.from_our_origin(rebound, settings), host
+    for foreign in ("http://shop.example", "https://shop.example:8443", "http://127.0.0.1:8081", "null",
+                    "https://shop.example.evil.example"):
+        assert not csrf.from_our_origin(request(headers={"origin": foreign}), settings), foreign
+
+
+def test_a_browser_s_cross_site_mark_is_refused_and_no_origin_is_a_non_browser() -> None:
+    assert csrf.from_our_origin(request(), SETTINGS)
+    for site in ("cross-site", "same-site"):
+        assert not csrf.from_our_origin(request(headers={"sec-fetch-site": site, "origin": "http://127.0.0.1:8080"}),
+                                        SETTINGS)
+
+
+def test_allowed_origins_are_refused_unless_they_are_origins() -> None:
+    assert Settings(allowed_origins="http://[::1]:80/, HTTPS://Shop.Example").allowed_origins == (
+        "http://[::1]:80", "https://shop.example:443")
+    for bad in ("null", "https://shop.example/path", "ftp://shop.example", "https://user@shop.example", "shop.example"):
+        with pytest.raises(ValidationError, match="not an origin"):
+            Settings(allowed_origins=bad)
 
 
 def test_a_session_token_is_valid_for_its_session_only() -> None:

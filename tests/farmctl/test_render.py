@@ -9,7 +9,7 @@ import pytest
 
 from app.config import Settings
 from farmctl.config import APP_KEEPALIVE_S, FarmConfig
-from farmctl.native.render import proxy_secret_path, render_nginx_native, require_binary
+from farmctl.native.render import instance_env, proxy_secret_path, render_nginx_native, require_binary
 from farmctl.secret import proxy_secret_conf
 from farmctl.tls import ensure_certificate
 
@@ -138,7 +138,7 @@ def test_render_https_server_with_hsts_only_there(rendered: str, config: FarmCon
     http, https = rendered.split(f"listen 127.0.0.1:{config.https_port} ssl;")
     assert "Strict-Transport-Security" in https
     assert "Strict-Transport-Security" not in http
-    assert f"ssl_certificate {config.state_dir}/tls/cert.pem;" in https
+    assert f"ssl_certificate {config.state_dir}/tls/cert.pem;" in http.split("server {")[0]  # for every HTTPS server
 
 
 def test_render_forwarded_for_replaced_and_vouched_for_by_the_proxy_secret(rendered: str,
@@ -153,3 +153,57 @@ def test_render_version_hidden_and_request_id_passed(rendered: str) -> None:
     assert re.search(r"^\s*server_tokens off;", rendered, re.M)
     assert re.search(r"^\s*proxy_set_header X-Request-ID \$request_id;", rendered, re.M)
     assert re.search(r"^\s*add_header X-Request-ID \$request_id always;", rendered, re.M)
+
+
+SERVER_BLOCK = re.compile(r"^    server \{\n(.*?)^    \}$", re.M | re.S)
+
+
+def test_render_only_the_allowed_hosts_reach_the_instances(config: FarmConfig) -> None:
+    config = config.replace(allowed_hosts=("127.0.0.1", "farm.example"))
+    rendered = render_nginx_native(config)
+    assert nginx_test(rendered, config.state_dir).returncode == 0
+    by_port: dict[str, list[str]] = {}
+    for block in SERVER_BLOCK.findall(rendered):
+        [port] = re.findall(r"^\s*listen 127\.0\.0\.1:(\d+)\b", block, re.M)
+        by_port.setdefault(port, []).append(block)
+    assert set(by_port) == {str(config.http_port), str(config.https_port)}
+    for blocks in by_port.values():
+        [refusing] = [b for b in blocks if re.search(r"^\s*listen \S+( ssl)? default_server;", b, re.M)]
+        [ours] = [b for b in blocks if b is not refusing]
+        assert "proxy_pass" not in refusing  # nothing behind it
+        assert "alias" not in refusing
+        assert re.search(r"^\s*return 421 '\{\"detail\":\"unknown host\"\}\\n';", refusing, re.M)
+        assert re.findall(r"^\s*server_name (.*);", ours, re.M) == ["127.0.0.1 farm.example"]
+
+
+def test_render_every_error_page_a_uri_in_json(rendered: str) -> None:
+    """A named location (@x) fails for a request whose line nginx could not parse: it has no URI."""
+    assert not re.search(r"^\s*(error_page [^;]*@|location @)", rendered, re.M)
+    pages = re.findall(r"^\s*error_page ([\d ]+?) (?:=(\d+) )?(\S+);", rendered, re.M)
+    status = {int(code): int(new or code) for codes, new, _ in pages for code in codes.split()}
+    # What nginx itself answers a client's malformed or refused request, and a dead farm (502, 504).
+    for code in (400, 403, 404, 405, 408, 411, 413, 414, 460, 494, 497, 501, 502, 504, 505):  # 460: limit_req's
+        assert code in status, code
+        assert 400 <= status[code] < 500 or code in (502, 504), code
+    for uri in {uri for *_, uri in pages}:
+        location = rendered.split(f"location = {uri} {{")[1].split("\n        }")[0]
+        assert "internal;" in location
+        assert "default_type application/json;" in location
+
+
+def test_render_only_uvicorn_s_400_replaced_the_app_s_errors_passed_on(rendered: str) -> None:
+    """uvicorn's own 400 is text/plain; the app's 401, 403, 409, 422, 429 and 503 carry their details and headers."""
+    proxying = [block for block in rendered.split("location ")[1:] if "proxy_pass" in block]
+    assert len(proxying) == 4  # `/` and the password endpoints, in the HTTP and the HTTPS server
+    for block in proxying:
+        assert re.search(r"^\s*proxy_intercept_errors on;", block, re.M)
+        codes = {int(c) for line in re.findall(r"^\s*error_page ([\d ]+?) ", block, re.M) for c in line.split()}
+        assert 400 in codes
+        assert codes <= {400, 408, 411, 413, 460, 502, 504}, codes
+
+
+def test_render_instances_accept_writes_from_the_farm_s_origins(config: FarmConfig) -> None:
+    env = dict(instance_env(config, config.web[0]))
+    origins = Settings(allowed_origins=env["ALLOWED_ORIGINS"]).allowed_origins
+    assert set(origins) == {f"{scheme}://{host}:{port}" for host in config.allowed_hosts
+                            for scheme, port in (("http", config.http_port), ("https", config.https_port))}
