@@ -1,11 +1,14 @@
 """The JSON API: register, log in and out, who am I, and a cart kept in the session."""
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import Field
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,10 +35,11 @@ from app.middleware import STORE_UNAVAILABLE, send_json
 from app.redis_client import store_failed
 from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, PasswordChange, UserOut
 from app.services import Services
-from app.sessions import CartAdd, CartFull, Session
+from app.sessions import CartAdd, CartFull, Session, StoreState, refusal
 
 Responses = dict[int | str, dict[str, Any]]
-STORE_DOWN: Responses = {503: {"model": Detail, "description": "Session store unavailable; see Retry-After"}}
+STORE_DOWN: Responses = {503: {"model": Detail, "description": "Session store unavailable, or refusing writes "
+                                                             "(full, or cannot persist); see Retry-After"}}
 #: Requests that hash a password are admitted a few at a time per instance (app.admission).
 EXPENSIVE: Responses = {503: {"model": Detail, "description": "Session store unavailable, or too busy (too "
                                                               "many sign-ups or sign-ins at once); see Retry-After"}}
@@ -47,9 +51,38 @@ BODY_CHECKS: Responses = {
 THROTTLED: Responses = {429: {"model": Detail, "description": "Too many attempts; see Retry-After"}}
 RACED: Responses = {409: {"model": Detail, "description": "Every session of the account ended meanwhile"}}
 
-router = APIRouter()
+#: A store that refuses writes for a while yet: a retry much sooner is wasted.
+REFUSED_RETRY_AFTER_S = 5
+
+
+async def refusals_explained() -> AsyncIterator[None]:
+    """A write the store refused (full, or unable to persist) is a 503 that says so, not the
+    "session store unavailable" of a store that does not answer: the operator's fix differs."""
+    try:
+        yield
+    except RedisError as exc:
+        if (state := refusal(exc)) is None:
+            raise
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.refusal,
+                            headers={"Retry-After": str(REFUSED_RETRY_AFTER_S)}) from exc
+
+
+Explained = Depends(refusals_explained, scope="function")
+router = APIRouter(dependencies=[Explained])
 # Every state-changing API call refuses what a browser marks as cross-site (CSRF).
-state_changing = APIRouter(dependencies=[Depends(same_origin)], responses=BODY_CHECKS)
+state_changing = APIRouter(dependencies=[Explained, Depends(same_origin)], responses=BODY_CHECKS)
+
+
+async def store_state(redis: Redis, settings: Settings) -> StoreState:
+    """Whether the store takes writes, by writing: a PING would not tell a full Redis (it answers
+    PONG) and fails on one that cannot persist (MISCONF), so it would tell neither."""
+    try:
+        await redis.set(f"{settings.key_prefix}:ready:{settings.instance_name}", 1, px=10_000)
+    except RedisError as exc:
+        if (state := refusal(exc)) is None:
+            raise
+        return state
+    return StoreState.OK
 
 
 @router.get("/healthz", response_model=Health, tags=["ops"])
@@ -60,13 +93,15 @@ async def healthz(settings: SettingsDep) -> Health:
 
 @router.get("/readyz", response_model=Health, responses=STORE_DOWN, tags=["ops"])
 async def readyz(redis: RedisDep, settings: SettingsDep) -> Health:
-    """Readiness: the session store answers, within READINESS_TIMEOUT_S - else 503, as fast."""
+    """Readiness: the session store answers, within READINESS_TIMEOUT_S - else 503, as fast. A store
+    that answers but refuses writes is still 200 ("store full", "store not persisting"): this
+    instance serves what the store allows, as every other does - taking instances out would not help."""
     try:
         async with asyncio.timeout(settings.readiness_timeout_s):
-            await redis.ping()
+            state = await store_state(redis, settings)
     except TimeoutError:
-        raise RedisTimeoutError(f"no PING reply within {settings.readiness_timeout_s} s") from None
-    return Health(status="ready", instance=settings.instance_name)
+        raise RedisTimeoutError(f"no reply within {settings.readiness_timeout_s} s") from None
+    return Health(status="ready" if state is StoreState.OK else f"store {state}", instance=settings.instance_name)
 
 
 @state_changing.post("/api/register", status_code=201, response_model=UserOut, tags=["auth"], dependencies=[Admitted],
@@ -152,6 +187,9 @@ class WhoAmIMiddleware:
         try:
             session = await services.sessions.identify(key) if key else None
         except RedisError as exc:
+            if state := refusal(exc):
+                await send_json(send, 503, state.refusal, {"Retry-After": str(REFUSED_RETRY_AFTER_S)})
+                return
             await store_failed(services.redis, exc)
             await send_json(send, 503, STORE_UNAVAILABLE, {"Retry-After": "1"})
             return
@@ -177,12 +215,19 @@ async def add_to_cart(item: CartItem, key: MaybeKey, store: StoreDep, request_id
     return Cart(items=signed_in(session).cart)
 
 
-@router.get("/api/farm", response_model=FarmOut, responses=STORE_DOWN, tags=["ops"])
-async def farm(presence: PresenceDep, store: StoreDep, settings: SettingsDep) -> FarmOut:
-    """What the farm panel shows: every instance, whether it is up, requests each served, live sessions."""
-    return FarmOut(
+class FarmStateOut(FarmOut):
+    store: StoreState = Field(description="Whether the store takes writes. While it refuses them, the instances' "
+                                          "heartbeats cannot be written either: `up` is then unknown, not down")
+
+
+@router.get("/api/farm", response_model=FarmStateOut, responses=STORE_DOWN, tags=["ops"])
+async def farm(presence: PresenceDep, store: StoreDep, redis: RedisDep, settings: SettingsDep) -> FarmStateOut:
+    """What the farm panel shows: every instance, whether it is up, requests each served, live sessions,
+    and whether the store takes writes."""
+    return FarmStateOut(
         served_by=settings.instance_name,
         session_backend=settings.session_backend.value,
         live_sessions=await store.count_live(),
         instances=[InstanceOut(name=i.name, up=i.up, requests=i.requests) for i in await presence.instances()],
+        store=await store_state(redis, settings),
     )

@@ -8,7 +8,8 @@ OWASP's Authentication cheat sheet, so that a lockout is not a denial of service
 - per (account, address) pair: `per_pair` failures, then 429 for that pair until the window ends;
 - per account, from all addresses (distributed guessing), and per address, at all accounts
   (password spraying): past `per_account` / `per_address` failures, only pairs that have signed
-  in successfully before ("known" pairs, remembered for 30 days) may still try.
+  in successfully before ("known" pairs) may still try. An account remembers its KNOWN_ADDRESSES
+  latest addresses, each for 30 days after its last successful sign-in: one key per account.
 
 So an attacker at your address cannot lock you out of an account you have used from there, and
 an attacker elsewhere cannot lock you out at all; a brand-new pair behind an attacked address
@@ -20,11 +21,15 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 KNOWN_PAIR_MS = 30 * 24 * 3600 * 1000
+#: Addresses an account remembers as known (the most recent ones); older ones are forgotten.
+KNOWN_ADDRESSES = 20
 
-# KEYS: pair, account, address, known-pair. ARGV: window_ms, per_pair, per_account, per_address.
-# Returns 0 (go ahead, counted) or the milliseconds until the blocking counter's window ends.
+# KEYS: pair, account, address, known-addresses. ARGV: window_ms, per_pair, per_account, per_address, address,
+# known_pair_ms. Returns 0 (go ahead, counted) or the milliseconds until the blocking counter's window ends.
 _ATTEMPT = """
-local known = redis.call('EXISTS', KEYS[4]) == 1
+local seen = redis.call('ZSCORE', KEYS[4], ARGV[5])
+local t = redis.call('TIME')
+local known = seen and tonumber(seen) > t[1] * 1000 - tonumber(ARGV[6])
 local limits = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
 for i = 1, 3 do
     if (i == 1 or not known) and tonumber(redis.call('GET', KEYS[i]) or '0') >= limits[i] then
@@ -38,13 +43,17 @@ end
 return 0
 """
 
-# KEYS: pair, account, address, known-pair. ARGV: known_pair_ms. The attempt was no failure after all.
-_SUCCEEDED = """
+# KEYS: pair, account, address, known-addresses. ARGV: known_pair_ms, address, known addresses kept.
+# The attempt was no failure after all. A writing script (the shebang): a full Redis refuses it whole.
+_SUCCEEDED = """#!lua
 redis.call('DEL', KEYS[1])
 for i = 2, 3 do
     if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
 end
-redis.call('SET', KEYS[4], 1, 'PX', ARGV[1])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[4], t[1] * 1000, ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -1 - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[4], ARGV[1])
 """
 
 # KEYS: counter. ARGV: window_ms, limit.
@@ -83,14 +92,15 @@ class LoginThrottle:
     def _keys(self, username: str, address: str) -> list[str]:
         base = f"{self.prefix}:login-failures"
         return [f"{base}:pair:{username}|{address}", f"{base}:user:{username}", f"{base}:addr:{address}",
-                f"{self.prefix}:login-known:{username}|{address}"]
+                f"{self.prefix}:login-known:{username}"]
 
     async def attempt(self, username: str, address: str) -> Verdict:
         """May this login attempt be evaluated? If so it is counted, as a failure until `succeeded`."""
-        return Verdict.from_wait_ms(await self._attempt(self._keys(username, address), [self.window_ms, *self.limits]))
+        return Verdict.from_wait_ms(await self._attempt(self._keys(username, address),
+                                                        [self.window_ms, *self.limits, address, KNOWN_PAIR_MS]))
 
     async def succeeded(self, username: str, address: str) -> None:
-        await self._succeeded(self._keys(username, address), [KNOWN_PAIR_MS])
+        await self._succeeded(self._keys(username, address), [KNOWN_PAIR_MS, address, KNOWN_ADDRESSES])
 
     async def register(self, address: str) -> Verdict:
         """May this address register an account now? Counted either way the registration ends."""

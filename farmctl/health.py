@@ -50,14 +50,20 @@ class Instance:
         return len(last) == RISE and all(p is Probe.READY for p in last)
 
 
-def probe(client: httpx.Client, url: str) -> Probe:
+def probe(client: httpx.Client, url: str) -> tuple[Probe, str]:
+    """The probe's verdict, and what a ready instance said of the store ("ready", "store full", ...)."""
     try:
-        status = client.get(f"{url}/readyz").status_code
+        response = client.get(f"{url}/readyz")
     except httpx.TimeoutException:
-        return Probe.TIMEOUT
+        return Probe.TIMEOUT, ""
     except httpx.TransportError:
-        return Probe.REFUSED
-    return Probe.READY if status == 200 else Probe.UNREADY
+        return Probe.REFUSED, ""
+    if response.status_code != 200:
+        return Probe.UNREADY, ""
+    try:
+        return Probe.READY, str(response.json().get("status", "ready"))
+    except ValueError:
+        return Probe.READY, "ready"
 
 
 def decide(instances: list[Instance], out: dict[str, str]) -> dict[str, str]:

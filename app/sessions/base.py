@@ -9,7 +9,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
-from app.config import CART_MAX_ITEMS, CART_MAX_QTY
+from app.config import CART_MAX_ITEMS, CART_MAX_QTY, IDEMPOTENCY_WINDOW_S, SESSION_MAX_PER_ACCOUNT
 
 TOKEN_BYTES = 32
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -77,6 +77,11 @@ class Limits:
     absolute_timeout_s: int
     max_cart_items: int = CART_MAX_ITEMS
     max_item_qty: int = CART_MAX_QTY
+    #: A login past it ends the account's oldest session (not refused: a refusal would let whoever
+    #: knows the password lock the owner out by signing in 100 times).
+    max_sessions_per_account: int = SESSION_MAX_PER_ACCOUNT
+    #: How long a cart add's request id is remembered; the record ends with its session anyway.
+    applied_window_s: int = IDEMPOTENCY_WINDOW_S
 
     @property
     def idle_ms(self) -> int:
@@ -85,6 +90,33 @@ class Limits:
     @property
     def absolute_ms(self) -> int:
         return self.absolute_timeout_s * 1000
+
+    @property
+    def applied_ms(self) -> int:
+        return self.applied_window_s * 1000
+
+
+class StoreState(StrEnum):
+    """Whether the store takes writes (/readyz and the farm panel say which)."""
+
+    OK = "ok"
+    #: At its memory limit: reads and the ending of sessions still work, nothing new is written.
+    FULL = "full"
+    #: It cannot persist (its disk is full or failing): reads work, every write is refused, logout included.
+    NOT_PERSISTING = "not persisting"
+
+    @property
+    def refusal(self) -> str:
+        """The detail of the 503 a refused write gets: what an operator has to fix."""
+        return _REFUSALS[self]
+
+
+_REFUSALS = {
+    StoreState.OK: "session store unavailable",
+    StoreState.FULL: "session store full (maxmemory reached): it refuses writes; reads and logouts still work",
+    StoreState.NOT_PERSISTING: "session store cannot persist (disk full or failing): it refuses writes, "
+                               "logouts included",
+}
 
 
 class SessionStore(ABC):
@@ -110,12 +142,14 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def create(self, username: str, created_on: str, epoch: int) -> tuple[SessionKey, Session] | None:
-        """Start a session; None if the user's sessions were ended since `epoch` was read."""
+        """Start a session; None if the user's sessions were ended since `epoch` was read. Past
+        `limits.max_sessions_per_account` the user's oldest session ends."""
 
     @abstractmethod
     async def touch(self, key: SessionKey, add: CartAdd | None = None, requests: int = 1) -> Session | None:
         """Validate, count `requests`, slide the idle expiry and optionally add to the cart
-        (raises CartFull past the limits). None if the session does not exist (any more)."""
+        (raises CartFull past the limits). None if the session does not exist (any more). A store that
+        refuses writes still validates (nothing counted, the expiry not slid); an add then fails."""
 
     async def identify(self, key: SessionKey) -> Session | None:
         """Who holds this key - identity only, the cart left empty. A wrapper may answer it from a
@@ -125,12 +159,12 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def delete(self, key: SessionKey) -> None:
-        """End one session, on every instance at once."""
+        """End one session, on every instance at once - also when the store is full."""
 
     @abstractmethod
     async def delete_user(self, username: str) -> int:
-        """End every session of a user, including any a login in flight is about to start;
-        returns how many existed."""
+        """End every session of a user, including any a login in flight is about to start - also
+        when the store is full; returns how many existed. Its cost is bounded by the cap."""
 
     @abstractmethod
     async def count_live(self) -> int:

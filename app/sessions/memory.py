@@ -4,7 +4,7 @@ applying the same rules as the Redis store."""
 
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from app.sessions.base import CartAdd, CartFull, CartRefused, Limits, Session, SessionKey, SessionStore
 
@@ -14,7 +14,7 @@ class _Record:
     session: Session
     epoch: int
     expires: float
-    applied: frozenset[str] = frozenset()
+    applied: dict[str, float] = field(default_factory=dict)  # request id -> when its add was applied
 
 
 class MemorySessionStore(SessionStore):
@@ -32,6 +32,9 @@ class MemorySessionStore(SessionStore):
         key, now = SessionKey.new(), time.time()
         session = Session(username, created_on, round(now, 3), 0)
         self._sessions[key.id] = _Record(session, epoch, now + self.limits.idle_timeout_s)
+        mine = [sid for sid, r in self._sessions.items() if r.session.username == username]  # oldest first
+        for sid in mine[:-self.limits.max_sessions_per_account]:
+            del self._sessions[sid]
         return key, session
 
     async def touch(self, key: SessionKey, add: CartAdd | None = None, requests: int = 1) -> Session | None:
@@ -44,6 +47,7 @@ class MemorySessionStore(SessionStore):
             del self._sessions[key.id]
             return None
         cart = record.session.cart
+        record.applied = {rid: at for rid, at in record.applied.items() if at > now - self.limits.applied_window_s}
         if add and add.request_id in record.applied:
             requests = 0
         elif add:
@@ -54,7 +58,7 @@ class MemorySessionStore(SessionStore):
                 raise CartFull(CartRefused.QUANTITY_TOO_HIGH)
             cart = {**cart, add.sku: have + add.qty}
             if add.request_id:
-                record.applied |= {add.request_id}
+                record.applied[add.request_id] = now
         record.session = replace(record.session, requests=record.session.requests + requests, cart=cart)
         record.expires = min(now + self.limits.idle_timeout_s, hard_end)
         return record.session

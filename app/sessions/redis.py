@@ -2,22 +2,42 @@
 
 Every authenticated request is ONE call to ``touch``: check, count the request, slide the idle
 TTL, apply an optional cart add, and return the record - one Lua script, one round trip, atomic,
-and unable to resurrect a session that a logout on another instance deleted."""
+and unable to resurrect a session that a logout on another instance deleted.
+
+At the store's limits: a Redis that refuses writes (full: OOM; unable to persist: MISCONF) still
+answers reads, so `touch` then checks the session with a script that writes nothing (the request
+is not counted and the idle expiry does not slide); ending sessions runs in scripts allowed on a
+full Redis (they only free memory). What one account can make the store keep is bounded: at most
+`max_sessions_per_account` sessions (the oldest end first) in an index they leave as they end, and
+one record of the session's recent cart adds (`applied_window_s`), deleted with the session."""
 
 import logging
 import time
 from types import TracebackType
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from app.redis_client import Lane
-from app.sessions.base import CartAdd, CartFull, CartRefused, Limits, Session, SessionKey, SessionStore
+from app.sessions.base import (
+    CartAdd,
+    CartFull,
+    CartRefused,
+    Limits,
+    Session,
+    SessionKey,
+    SessionStore,
+    StoreState,
+)
 
 log = logging.getLogger(__name__)
 
 CART_PREFIX = "cart:"
 
-# KEYS: session, live-index, user-index, user-epoch. ARGV: sid, username, created_on, idle_ms, epoch, absolute_ms.
+# KEYS: session, live-index, user-index, user-epoch. ARGV: sid, username, created_on, idle_ms, epoch, absolute_ms,
+# max sessions per account, session key prefix, applied key prefix. The user's index is a sorted set of
+# session ids by creation time: past the cap, the oldest end here (at most the few over it).
 _CREATE = """
 local epoch = redis.call('GET', KEYS[4]) or '0'
 if epoch ~= ARGV[5] then return false end
@@ -28,17 +48,31 @@ redis.call('HSET', KEYS[1], 'username', ARGV[2], 'created_on', ARGV[3], 'created
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZADD', KEYS[2], now + ARGV[4], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
+-- Scored in microseconds: the oldest first, also among logins of the same millisecond.
+local now_us = t[1] * 1000000 + t[2]
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_us - ARGV[6] * 1000)  -- past the absolute timeout: gone
+redis.call('ZADD', KEYS[3], now_us, ARGV[1])
+local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[7])
+if over > 0 then
+    for _, sid in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do
+        redis.call('DEL', ARGV[8] .. sid, ARGV[9] .. sid)
+        redis.call('ZREM', KEYS[2], sid)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, over - 1)
+end
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 -- The epoch must outlive every session started under it (see delete_user).
 if epoch ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
 return now
 """
 
-# KEYS: session, live-index[, applied-marker]. ARGV: sid, idle_ms, absolute_ms, requests, cart field, qty,
-# max items, max qty, epoch key prefix. The user's epoch key is derived from the session's username,
-# so it cannot be declared in KEYS: fine on a single Redis or behind Sentinel, not on Redis Cluster.
-_TOUCH = """
+# KEYS: session, live-index, applied (the request ids of the session's adds). ARGV: sid, idle_ms, absolute_ms,
+# requests, cart field, qty, max items, max qty, epoch key prefix, user-index key prefix, request id, applied_ms.
+# The user's epoch and index keys are derived from the session's username, so they cannot be declared in
+# KEYS: fine on a single Redis or behind Sentinel, not on Redis Cluster. Declared a writing script (the
+# shebang): a Redis that refuses writes refuses it whole, before it runs. Without one, a full Redis lets
+# every write through once the first that frees memory has run (for the script's atomicity).
+_TOUCH = """#!lua
 local s = redis.call('HMGET', KEYS[1], 'created_at_ms', 'username', 'epoch')
 if not s[1] then return false end
 local t = redis.call('TIME')
@@ -46,14 +80,16 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local left = tonumber(s[1]) + tonumber(ARGV[3]) - now
 local epoch = redis.call('GET', ARGV[9] .. s[2]) or '0'
 if left <= 0 or epoch ~= (s[3] or '0') then
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', KEYS[1], KEYS[3])
     redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('ZREM', ARGV[10] .. s[2], ARGV[1])
     return false
 end
 local status = 'ok'
 if ARGV[5] ~= '' then
     local have = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0')
-    if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+    if ARGV[11] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ARGV[12]) end
+    if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[3], ARGV[11]) then
         status = 'duplicate'
     -- HLEN less the five fields that are not cart items (username ... epoch).
     elseif have == 0 and redis.call('HLEN', KEYS[1]) - 5 >= tonumber(ARGV[7]) then
@@ -62,7 +98,10 @@ if ARGV[5] ~= '' then
         status = 'quantity_too_high'
     else
         redis.call('HINCRBY', KEYS[1], ARGV[5], ARGV[6])
-        if KEYS[3] then redis.call('SET', KEYS[3], 1, 'PX', ARGV[3]) end
+        if ARGV[11] ~= '' then
+            redis.call('ZADD', KEYS[3], now, ARGV[11])
+            redis.call('PEXPIRE', KEYS[3], ARGV[12])
+        end
     end
 end
 local ttl = math.min(tonumber(ARGV[2]), left)
@@ -74,7 +113,59 @@ table.insert(record, 1, status)
 return record
 """
 
+# The check alone, for a store that refuses writes: no-writes, so that a full Redis and one that cannot
+# persist both run it. KEYS: session. ARGV: absolute_ms, epoch key prefix.
+_PEEK = """#!lua flags=no-writes
+local s = redis.call('HMGET', KEYS[1], 'created_at_ms', 'username', 'epoch')
+if not s[1] then return false end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local epoch = redis.call('GET', ARGV[2] .. s[2]) or '0'
+if tonumber(s[1]) + tonumber(ARGV[1]) <= now or epoch ~= (s[3] or '0') then return false end
+local record = redis.call('HGETALL', KEYS[1])
+table.insert(record, 1, 'ok')
+return record
+"""
+
+# allow-oom: ending sessions must work on a full Redis, and these only free memory (the epoch's INCR
+# aside, a few bytes). A Redis that cannot persist refuses them all the same: nothing is ended then.
+# KEYS: session, live-index, applied. ARGV: sid, user-index key prefix.
+_DELETE = """#!lua flags=allow-oom
+local username = redis.call('HGET', KEYS[1], 'username')
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if username then redis.call('ZREM', ARGV[2] .. username, ARGV[1]) end
+"""
+
+# KEYS: user-epoch, user-index, live-index. ARGV: absolute_ms, session key prefix, applied key prefix.
+# As many sessions as the cap allows at most: a few hundred commands, well under a millisecond.
+_DELETE_USER = """#!lua flags=allow-oom
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local ended = 0
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    ended = ended + redis.call('DEL', ARGV[2] .. sid)
+    redis.call('DEL', ARGV[3] .. sid)
+    redis.call('ZREM', KEYS[3], sid)
+end
+redis.call('DEL', KEYS[2])
+return ended
+"""
+
+#: After a write was refused, reads go straight to the check for this long, instead of being refused
+#: first (each refusal costs the lane its connections).
+_REFUSING_S = 1.0
+
 _REFUSALS = {"too_many_items": CartRefused.TOO_MANY_ITEMS, "quantity_too_high": CartRefused.QUANTITY_TOO_HIGH}
+
+
+def refusal(exc: RedisError) -> StoreState | None:
+    """The state a refused write tells of: FULL (OOM), NOT_PERSISTING (MISCONF); None for any other error."""
+    if isinstance(exc, OutOfMemoryError):
+        return StoreState.FULL
+    if isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"):
+        return StoreState.NOT_PERSISTING
+    return None
 
 
 def session_from_fields(fields: dict[str, str]) -> Session:
@@ -105,8 +196,13 @@ class RedisSessionStore(SessionStore):
         self.wait_timeout_ms = wait_timeout_ms
         self.live_key = f"{prefix}:live-sessions"
         self._epoch_prefix = f"{prefix}:user-epoch:"
+        self._index_prefix = f"{prefix}:user-index:"
+        self._applied_prefix = f"{prefix}:applied:"
         self._create = redis.register_script(_CREATE)
         self._touch = redis.register_script(_TOUCH)
+        self._delete = redis.register_script(_DELETE)
+        self._delete_user = redis.register_script(_DELETE_USER)
+        self._refusing_until = 0.0
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -115,16 +211,18 @@ class RedisSessionStore(SessionStore):
     def key(self, sid: str) -> str:
         return f"{self.prefix}:session:{sid}"
 
-    def _user_key(self, username: str) -> str:
-        return f"{self.prefix}:user-sessions:{username}"
+    def user_key(self, username: str) -> str:
+        """The user's session index: ids by creation time, at most `max_sessions_per_account`."""
+        return self._index_prefix + username
 
     async def epoch(self, username: str) -> int:
         return int(await self.redis.get(self._epoch_prefix + username) or 0)
 
     async def create(self, username: str, created_on: str, epoch: int) -> tuple[SessionKey, Session] | None:
         key = SessionKey.new()
-        keys = [self.key(key.id), self.live_key, self._user_key(username), self._epoch_prefix + username]
-        args: list[str | int] = [key.id, username, created_on, self.limits.idle_ms, epoch, self.limits.absolute_ms]
+        keys = [self.key(key.id), self.live_key, self.user_key(username), self._epoch_prefix + username]
+        args: list[str | int] = [key.id, username, created_on, self.limits.idle_ms, epoch, self.limits.absolute_ms,
+                                 self.limits.max_sessions_per_account, self.key(""), self._applied_prefix]
         if not self.replicas_to_wait:
             now_ms = await self._create(keys, args)
         else:
@@ -141,13 +239,30 @@ class RedisSessionStore(SessionStore):
         return key, Session(username, created_on, int(now_ms) / 1000, 0)
 
     async def touch(self, key: SessionKey, add: CartAdd | None = None, requests: int = 1) -> Session | None:
-        keys = [self.key(key.id), self.live_key]
+        """On a store that refuses writes, a touch without an add degrades to the check alone: the
+        session is validated, but neither counted nor kept alive (its idle expiry does not slide)."""
+        if add is None and time.monotonic() < self._refusing_until:
+            # EVAL, not EVALSHA: a Redis that cannot persist refuses SCRIPT LOAD, which a NOSCRIPT needs.
+            return self._session(await self.redis.eval(_PEEK, 1, self.key(key.id), self.limits.absolute_ms,
+                                                       self._epoch_prefix))
         field, qty = (CART_PREFIX + add.sku, add.qty) if add else ("", 0)
-        if add and add.request_id:
-            keys.append(f"{self.prefix}:applied:{key.id}:{add.request_id}")
-        reply = await self.lane.run(self._touch, keys, [
-            key.id, self.limits.idle_ms, self.limits.absolute_ms, requests, field, qty,
-            self.limits.max_cart_items, self.limits.max_item_qty, self._epoch_prefix])
+        try:
+            reply = await self.lane.run(self._touch, [self.key(key.id), self.live_key, self._applied_prefix + key.id], [
+                key.id, self.limits.idle_ms, self.limits.absolute_ms, requests, field, qty,
+                self.limits.max_cart_items, self.limits.max_item_qty, self._epoch_prefix, self._index_prefix,
+                add.request_id if add else "", self.limits.applied_ms])
+        except RedisError as exc:
+            if refusal(exc) is None:
+                raise
+            self._refusing_until = time.monotonic() + _REFUSING_S
+            if add is not None:
+                raise
+            log.warning("session store refuses writes (%s): sessions checked, not counted or slid", exc)
+            return await self.touch(key)
+        return self._session(reply)
+
+    @staticmethod
+    def _session(reply: Any) -> Session | None:
         if not reply:
             return None
         status, *record = reply
@@ -156,29 +271,16 @@ class RedisSessionStore(SessionStore):
         return session_from_fields(dict(zip(record[::2], record[1::2], strict=True)))
 
     async def delete(self, key: SessionKey) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.key(key.id))
-            pipe.zrem(self.live_key, key.id)
-            await pipe.execute()
+        await self._delete([self.key(key.id), self.live_key, self._applied_prefix + key.id],
+                           [key.id, self._index_prefix])
 
     async def delete_user(self, username: str) -> int:
         """Move the epoch on (that alone ends every session, those of logins in flight included),
-        then delete the sessions the index knows of, so that they stop counting as live at once."""
-        epoch_key = self._epoch_prefix + username
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(epoch_key)
-            pipe.pexpire(epoch_key, self.limits.absolute_ms)
-            pipe.smembers(self._user_key(username))
-            pipe.delete(self._user_key(username))
-            *_, sids, _ = await pipe.execute()
-        if not sids:
-            return 0
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for sid in sids:
-                pipe.delete(self.key(str(sid)))
-            pipe.zrem(self.live_key, *sids)
-            results = await pipe.execute()
-        return sum(results[:-1])
+        and delete the sessions the index knows of, so that they stop counting as live at once: one
+        script, as long as the cap allows, so the answer says what happened - all of it or none."""
+        return int(await self._delete_user(
+            [self._epoch_prefix + username, self.user_key(username), self.live_key],
+            [self.limits.absolute_ms, self.key(""), self._applied_prefix]))
 
     async def count_live(self) -> int:
         now_ms = int(time.time() * 1000)

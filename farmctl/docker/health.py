@@ -118,7 +118,7 @@ def run(instances: int, balance: str) -> None:
     while True:
         started = time.monotonic()
         try:
-            for inst, result in zip(checked, pool.map(lambda i: probe(client, i.url), checked), strict=True):
+            for inst, (result, _) in zip(checked, pool.map(lambda i: probe(client, i.url), checked), strict=True):
                 inst.saw(result, started)
             with editing() as current:
                 held = dict(current["out"])

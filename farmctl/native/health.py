@@ -13,6 +13,8 @@ readiness/liveness probes do:
   out of the rotation, RISE good ones put it back (nginx reloads either way, see farmctl/native/rotation.py);
 - a refused connection changes nothing: the process is dead or restarting, supervisord brings it
   back and nginx skips a refused instance at no cost;
+- a store that answers but refuses writes (full, or unable to persist) is 200 "store full" /
+  "store not persisting": the instances serve what it allows, so they stay in; the store is logged;
 - an instance that has answered nothing for LIVENESS_S is SIGKILLed; supervisord restarts it;
 - and, like Envoy's panic threshold, it never takes every instance out: when no instance can reach
   the store, Redis is down, not the instances, and users should get the app's own 503 "session
@@ -22,78 +24,15 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import httpx
 
 from farmctl.config import FarmConfig
+from farmctl.health import LIVENESS_S, PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, decide, probe
 from farmctl.native.farm import NativeFarm
 
-PROBE_EVERY_S = 0.5
-PROBE_TIMEOUT_S = 0.5
-FALL = 2
-RISE = 2
-LIVENESS_S = 10.0
-
 log = logging.getLogger("health")
-
-
-class Probe(StrEnum):
-    READY = "ready"
-    UNREADY = "unready"  # answered, but not 200: cannot reach the session store
-    TIMEOUT = "timeout"  # no answer in time: hung (or overloaded beyond its own limits)
-    REFUSED = "refused"  # nothing listens: dead, or starting
-
-
-@dataclass
-class Instance:
-    name: str
-    url: str
-    recent: list[Probe] = field(default_factory=list)
-    silent_since: float | None = None  # the first of an unbroken run of timeouts
-
-    def saw(self, probe: Probe, now: float) -> None:
-        if probe is not Probe.REFUSED:
-            self.recent = [*self.recent, probe][-max(FALL, RISE):]
-        if probe is Probe.TIMEOUT:
-            self.silent_since = self.silent_since or now
-        else:
-            self.silent_since = None
-
-    def failing(self) -> Probe | None:
-        """TIMEOUT or UNREADY after FALL bad probes in a row (the latest reason), else None."""
-        last = self.recent[-FALL:]
-        if len(last) == FALL and Probe.READY not in last:
-            return last[-1]
-        return None
-
-    def ready(self) -> bool:
-        last = self.recent[-RISE:]
-        return len(last) == RISE and all(p is Probe.READY for p in last)
-
-
-def probe(client: httpx.Client, url: str) -> Probe:
-    try:
-        status = client.get(f"{url}/readyz").status_code
-    except httpx.TimeoutException:
-        return Probe.TIMEOUT
-    except httpx.TransportError:
-        return Probe.REFUSED
-    return Probe.READY if status == 200 else Probe.UNREADY
-
-
-def decide(instances: list[Instance], out: dict[str, str]) -> dict[str, str]:
-    """The instances to hold out, with the reason: failing ones out, ready ones back in, the rest
-    as they were. Never every instance: when all fail, only the hung stay out; when all hang,
-    none (a fault they share, and nginx still has its passive checks). One slow probe does not
-    count as failing (FALL in a row do), so it cannot bring a store-less instance back either."""
-    held = {i.name: out[i.name] for i in instances if i.name in out and not i.ready()}
-    held |= {i.name: str(reason) for i in instances if (reason := i.failing())}
-    if len(held) == len(instances):  # none left: a fault they share (Redis), not theirs
-        held = {name: reason for name, reason in held.items() if reason == Probe.TIMEOUT}
-    return held if len(held) < len(instances) else {}
 
 
 class HealthLoop:
@@ -104,6 +43,7 @@ class HealthLoop:
         self.client = httpx.Client(timeout=PROBE_TIMEOUT_S)
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.loaded = 0.0
+        self.store = "ready"  # what the instances last said of the store
         self.reload_config()
 
     def reload_config(self) -> None:
@@ -116,9 +56,16 @@ class HealthLoop:
         if self.config_file.stat().st_mtime != self.loaded:
             self.reload_config()
         now = time.monotonic()
-        for inst, result in zip(self.instances, self.pool.map(lambda i: probe(self.client, i.url), self.instances),
-                                strict=True):
+        said = set()
+        for inst, (result, store) in zip(self.instances, self.pool.map(lambda i: probe(self.client, i.url),
+                                                                       self.instances), strict=True):
             inst.saw(result, now)
+            said |= {store} if store else set()
+        store = next(iter(sorted(said - {"ready"})), "ready" if said else self.store)
+        if store != self.store:
+            log.warning("session store refusing writes: %s (instances kept in rotation)" if store != "ready"
+                        else "session store takes writes again%.0s", store)
+            self.store = store
         current = self.farm.out_of_rotation()
         wanted = decide(self.instances, current)
         if wanted != current:

@@ -33,8 +33,8 @@ from tests.farm.users import (
 pytestmark = pytest.mark.farm
 
 
-def test_logout_on_one_instance_ends_the_session_on_every_instance(farm: Farm) -> None:
-    web1, web2, web3 = farm.config.web
+def test_logout_on_one_instance_ends_the_session_on_every_instance(any_farm: Farm) -> None:
+    web1, web2, web3 = any_farm.config.web
     with signed_in(web1.url) as client:
         cookies = httpx.Cookies(client.cookies)
         assert client.post("/api/logout").status_code == 204
@@ -44,22 +44,22 @@ def test_logout_on_one_instance_ends_the_session_on_every_instance(farm: Farm) -
             assert stale.get("/api/cart").status_code == 401
 
 
-def test_logout_everywhere_ends_every_session_of_the_user(farm: Farm) -> None:
-    base, username = farm.config.balancer_url, new_username()
+def test_logout_everywhere_ends_every_session_of_the_user(any_farm: Farm) -> None:
+    base, username = any_farm.config.balancer_url, new_username()
     with signed_in(base, username) as laptop, httpx.Client(base_url=base) as phone, \
             httpx.Client(base_url=base) as stranger:
         assert login(phone, username).status_code == 200
         assert login(stranger, DEMO_USERNAME, DEMO_PASSWORD).status_code == 200
         assert laptop.post("/api/logout/everywhere").status_code == 204
-        for inst in farm.config.web:
+        for inst in any_farm.config.web:
             with with_cookie(inst.url, phone.cookies) as on_instance:
                 assert on_instance.get("/api/me").status_code == 401
         assert laptop.get("/api/me").status_code == 401
         assert stranger.get("/api/me").status_code == 200
 
 
-def test_password_change_ends_other_sessions_and_rotates_this_one(farm: Farm) -> None:
-    base, username = farm.config.balancer_url, new_username()
+def test_password_change_ends_other_sessions_and_rotates_this_one(any_farm: Farm) -> None:
+    base, username = any_farm.config.balancer_url, new_username()
     with signed_in(base, username) as laptop, httpx.Client(base_url=base) as phone:
         assert login(phone, username).status_code == 200
         before = laptop.cookies[SESSION_COOKIE]
@@ -74,10 +74,11 @@ def test_password_change_ends_other_sessions_and_rotates_this_one(farm: Farm) ->
         assert login(phone, username, "n" * 12).status_code == 200
 
 
-def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(farm: Farm, store: redis.Redis) -> None:
-    with signed_in(farm.config.balancer_url) as owner:
+def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(any_farm: Farm, any_store: redis.Redis) -> None:
+    with signed_in(any_farm.config.balancer_url) as owner:
         cookies = httpx.Cookies(owner.cookies)
-        key = f"{farm.config.key_prefix}:session:{hashlib.sha256(owner.cookies[SESSION_COOKIE].encode()).hexdigest()}"
+        sid = hashlib.sha256(owner.cookies[SESSION_COOKIE].encode()).hexdigest()
+        key = f"{any_farm.config.key_prefix}:session:{sid}"
         stop = threading.Event()
         seen: Counter[int] = Counter()
 
@@ -88,7 +89,7 @@ def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(farm: Farm, 
                     seen[client.get("/api/me").status_code] += 1
 
         with ThreadPoolExecutor(6) as pool:
-            for inst in farm.config.web * 2:
+            for inst in any_farm.config.web * 2:
                 pool.submit(hammer, inst.url)
             time.sleep(0.5)
             assert owner.post("/api/logout").status_code == 204
@@ -96,8 +97,8 @@ def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(farm: Farm, 
             stop.set()
     assert seen[200] > 0
     assert seen[401] > 0
-    assert not store.exists(key)
-    for inst in farm.config.web:
+    assert not any_store.exists(key)
+    for inst in any_farm.config.web:
         with with_cookie(inst.url, cookies) as late:
             assert late.get("/api/me").status_code == 401
 
@@ -189,3 +190,26 @@ def test_a_password_change_ends_the_sessions_of_old_password_logins_in_flight(fa
             assert owner.get("/api/me").status_code == 200
     assert raced > 0
 
+
+
+
+def indexes_naming(store: redis.Redis, prefix: str, username: str) -> dict[str, int]:
+    """Every set or sorted set of the store whose key names `username`, with its size."""
+    sizes = {"set": store.scard, "zset": store.zcard}
+    return {key: sizes[kind](key) for key in store.scan_iter(f"{prefix}:*{username}*", count=1000)
+            if (kind := store.type(key)) in sizes}
+
+
+def test_sessions_that_end_leave_nothing_in_the_users_index(farm: Farm, store: redis.Redis) -> None:
+    """Sign in and out 30 times: no index of the user keeps the 30 ended sessions' ids."""
+    base, username = farm.config.balancer_url, new_username()
+    with client_from(base) as client:
+        register(client, username)
+        for _ in range(30):
+            assert login(client, username).status_code == 200
+            assert client.post("/api/logout").status_code == 204
+        held = indexes_naming(store, farm.config.key_prefix, username)
+        assert all(size <= 1 for size in held.values()), held  # one known address at most, no session
+        assert login(client, username).status_code == 200
+        assert client.post("/api/logout/everywhere").status_code == 204
+        assert indexes_naming(store, farm.config.key_prefix, username) == held

@@ -19,8 +19,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from app.__main__ import KEEPALIVE_S
-from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER
-from farmctl.config import FarmConfig
+from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER, FarmConfig
 from farmctl.docker.engine import compose_command
 from farmctl.docker.render import (
     DOCKER_INSTANCES,
@@ -223,7 +222,8 @@ def redis_argv(service: Service) -> list[str]:
 def test_require_a_password_of_every_redis_node(services: dict[str, Service]) -> None:
     for name in ("redis", "redis-replica"):
         script = command_argv(services[name])[-1]
-        assert "requirepass" in script and "masterauth" in script, name
+        assert "requirepass" in script, name
+        assert "masterauth" in script, name
         assert redis_argv(services[name])[:2] == ["redis-server", "/tmp/auth.conf"], name
         assert "REDIS_PASSWORD" not in " ".join(redis_argv(services[name])), name  # not on its command line
 
@@ -232,6 +232,7 @@ def test_enable_redis_append_only_fsync_every_second(services: dict[str, Service
     argv = redis_argv(services["redis"])
     assert option(argv, "--appendonly") == "yes"
     assert option(argv, "--appendfsync") == "everysec"
+    assert option(argv, "--maxmemory-policy") == "noeviction"  # full: refuse writes, never evict a session
     assert any(str(v).endswith(":/data") for v in services["redis"]["volumes"])
 
 

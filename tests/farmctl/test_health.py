@@ -1,7 +1,7 @@
 """The health loop's decision (farmctl/health.py) on made-up probe histories; the loop itself is
 tested against real farms in tests/farm/test_gray.py."""
 
-from farmctl.native.health import FALL, Instance, Probe, decide
+from farmctl.health import FALL, Instance, Probe, decide
 
 
 def instance(name: str, *probes: Probe) -> Instance:

@@ -12,7 +12,8 @@ for sentinel in sentinel-0.sentinel sentinel-1.sentinel sentinel-2.sentinel; do
     [ -n "$primary" ] && break
 done
 [ -n "$primary" ] || primary="redis-0.redis"
-set -- --port 6379 --dir /data --appendonly yes --appendfsync everysec --replica-announce-ip "$self"
+set -- --port 6379 --dir /data --appendonly yes --appendfsync everysec --replica-announce-ip "$self" \
+    --maxmemory 256mb --maxmemory-policy noeviction
 if [ "$primary" != "$self" ]; then
     set -- "$@" --replicaof "$primary" 6379
 fi

@@ -1,11 +1,13 @@
 """The store interface (app/sessions/base.py): the key a cookie is parsed into, and the rules every
 store applies the same way - checked on the Redis one and the in-process one alike."""
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
 from app.config import CART_MAX_ITEMS, CART_MAX_QTY
-from app.sessions import CartAdd, CartFull, CartRefused, Limits, SessionKey, SessionStore
+from app.sessions import CartAdd, CartFull, CartRefused, Limits, RedisSessionStore, SessionKey, SessionStore
 from tests.app.sessions.stores import memory_store, new_username, redis_store, start
 
 
@@ -74,3 +76,29 @@ async def test_a_login_that_read_the_epoch_before_delete_user_cannot_start(store
     epoch = await store.epoch(alice)  # the login read it, then spent its time on argon2 ...
     await store.delete_user(alice)  # ... while the user signed out everywhere
     assert await store.create(alice, "web1", epoch) is None
+
+
+async def test_signing_in_past_the_cap_ends_the_oldest_sessions(redis: Redis) -> None:
+    for store in (redis_store(redis, max_sessions_per_account=3), memory_store(max_sessions_per_account=3)):
+        alice, bob = new_username(), new_username()
+        bobs, _ = await start(store, bob)
+        keys = [(await start(store, alice))[0] for _ in range(5)]
+        assert [await store.touch(k) is not None for k in keys] == [False, False, True, True, True]
+        assert await store.touch(bobs) is not None
+        assert await store.delete_user(alice) == 3
+
+
+async def test_an_add_is_remembered_for_the_idempotency_window_only(store: SessionStore) -> None:
+    """Within the window a retry finds its add applied; after it, the record is gone (and so a
+    retry that late applies again - the window is chosen to cover every retry)."""
+    short = redis_store(store.redis, applied_window_s=1) if isinstance(store, RedisSessionStore) \
+        else memory_store(applied_window_s=1)
+    key, _ = await start(short, new_username())
+    await short.touch(key, CartAdd("apple", 1, request_id="req-1"))
+    again = await short.touch(key, CartAdd("apple", 1, request_id="req-1"))
+    assert again is not None
+    assert again.cart == {"apple": 1}
+    await asyncio.sleep(1.1)
+    late = await short.touch(key, CartAdd("apple", 1, request_id="req-1"))
+    assert late is not None
+    assert late.cart == {"apple": 2}

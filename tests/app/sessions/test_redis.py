@@ -4,10 +4,14 @@ request, TTLs that Redis enforces, and nothing in Redis that could be replayed a
 import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from app.sessions import CartAdd, Limits, RedisSessionStore
+from app.sessions import CartAdd, Limits, RedisSessionStore, StoreState, refusal
 from tests.app.sessions.stores import PREFIX, new_username, redis_store, start
 
 
@@ -83,6 +87,45 @@ async def test_a_session_outside_the_index_dies_with_the_epoch(redis: Redis) -> 
     """What the index misses (a login landing between its read and its delete) the epoch still ends."""
     store, alice = redis_store(redis), new_username()
     key, _ = await start(store, alice)
-    await redis.delete(f"{PREFIX}:user-sessions:{alice}")
+    await redis.delete(store.user_key(alice))
     await store.delete_user(alice)
+    assert await store.touch(key) is None
+
+
+async def test_ending_a_session_removes_it_from_the_users_index(redis: Redis) -> None:
+    store, alice = redis_store(redis), new_username()
+    keys = [(await start(store, alice))[0] for _ in range(5)]
+    for key in keys:
+        await store.delete(key)
+    indexes = [k async for k in redis.scan_iter(f"{PREFIX}:*{alice}*") if await redis.type(k) in ("set", "zset")]
+    assert indexes == []
+
+
+@asynccontextmanager
+async def full(redis: Redis) -> AsyncIterator[None]:
+    """This Redis at its maxmemory: writes refused (OOM), reads and deletes allowed."""
+    limit = str((await redis.config_get("maxmemory"))["maxmemory"])
+    await redis.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        await redis.config_set("maxmemory", limit)
+
+
+async def test_a_full_redis_still_validates_sessions_and_ends_them(redis: Redis) -> None:
+    """Reads degrade to a check that writes nothing (no request counted, no idle TTL slid); adds are
+    refused as the store being full; a logout still ends the session."""
+    store = redis_store(redis)
+    key, _ = await start(store)
+    assert await store.touch(key, CartAdd("apple", 1)) is not None
+    async with full(redis):
+        for _ in range(3):
+            session = await store.touch(key)
+            assert session is not None
+            assert (session.requests, session.cart) == (1, {"apple": 1})
+        with pytest.raises(RedisError) as refused:
+            await store.touch(key, CartAdd("apple", 1))
+        assert refusal(refused.value) is StoreState.FULL
+        await store.delete(key)
+        assert await store.touch(key) is None
     assert await store.touch(key) is None
