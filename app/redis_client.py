@@ -21,6 +21,9 @@ three of its habits would keep an instance talking to the old primary:
   with READONLY (#435); redis-py closes that one connection. `forget_primary`, called by the app
   on every connection error, timeout or READONLY, closes the idle rest and makes the next
   connection ask the Sentinels again.
+
+The near cache's subscription must be on the node the data goes to (app.sessions.nearcache):
+`primary_in_use`, `primary_named` and `address_of` tell it where each one is.
 """
 
 import logging
@@ -40,6 +43,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.config import Settings
 
 log = logging.getLogger("webfarm")
+
+#: A Redis node's (host, port).
+Address = tuple[str, int]
 
 
 class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -118,6 +124,30 @@ async def forget_primary(redis: Redis) -> None:
         await redis.connection_pool.forget_primary()
 
 
+def follows_sentinels(redis: Redis) -> bool:
+    return isinstance(redis.connection_pool, FailoverPool)
+
+
+def primary_in_use(redis: Redis) -> Address | None:
+    """The primary a Sentinel client's new connections go to; None while it must ask again (or
+    without Sentinel)."""
+    pool = redis.connection_pool
+    return pool.master_address if isinstance(pool, FailoverPool) else None
+
+
+async def primary_named(redis: Redis) -> Address:
+    """The primary as the first Sentinel that answers names it now (MasterNotFoundError if none does)."""
+    pool = redis.connection_pool
+    assert isinstance(pool, FailoverPool), "only a Sentinel client has Sentinels to ask"
+    host, port = await pool.sentinel_manager.discover_master(pool.service_name)
+    return str(host), int(port)
+
+
+def address_of(connection: AbstractConnection) -> Address:
+    managed = cast(Connection, connection)
+    return managed.host, int(managed.port)
+
+
 async def close(redis: Redis) -> None:
     await redis.aclose()
     if isinstance(redis.connection_pool, FailoverPool):
@@ -137,7 +167,9 @@ class Lane:
     deadline) is closed, and the idle ones with it: after a failover they point at the old
     primary. A NOSCRIPT reply (Redis restarted) loads the script and runs it again - it did not
     run. A call that fails on a connection that was idle is sent once more on a new one, as the
-    client's retry on connection errors did (Redis restarted meanwhile); a timeout never is."""
+    client's retry on connection errors did (Redis restarted meanwhile); a timeout never is. Behind
+    Sentinel an idle connection to a node that is no longer the client's primary is closed, not
+    used: after a failover, a resumed old primary still answers as master for a while."""
 
     def __init__(self, redis: Redis, size: int) -> None:
         self.redis = redis
@@ -147,6 +179,8 @@ class Lane:
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         for _ in range(3):  # a stale idle connection, then NOSCRIPT, then the answer
+            while self.idle and self._elsewhere(self.idle[-1]):
+                await self._discard(self.idle.pop())
             reused = bool(self.idle)
             if reused:
                 conn = self.idle.pop()
@@ -177,6 +211,10 @@ class Lane:
             self.idle.append(conn)
             return reply
         raise RedisConnectionError("no answer from Redis on a fresh connection either")
+
+    def _elsewhere(self, conn: AbstractConnection) -> bool:
+        pool = self.redis.connection_pool
+        return isinstance(pool, FailoverPool) and address_of(conn) != pool.master_address
 
     async def _discard(self, conn: AbstractConnection) -> None:
         self.open -= 1

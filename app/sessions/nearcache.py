@@ -2,12 +2,21 @@
 the round trip to it. It uses only the store's public interface: the rules (expiry, epochs,
 indexes) live in the store alone.
 
-Correctness comes from Redis, not from timers:
+Correctness comes from Redis, and from a lease where Redis cannot say:
 - every ending of a session (logout, sign-out-everywhere, password change) is PUBLISHed, and
-  the ending request waits until every subscribed instance has acknowledged dropping its copy,
-  so when a logout answers 204, no instance serves the session from its cache any more;
-- an entry is trusted only while this instance's subscription is up; when the channel drops,
-  the cache is emptied and bypassed until the subscription is back;
+  the ending request waits until every subscriber Redis delivered it to has acknowledged
+  dropping its copy (acks come back over pub/sub, so the wait is an asyncio event with a
+  deadline, not redis-py calls inside a timeout that redis-py can swallow);
+- the cache is trusted only under a lease: the listener PINGs every PING_INTERVAL_S, and each
+  reply (which Redis sends after every message published before that PING) renews the lease to
+  LEASE_S after the PING was sent. A subscription that stops delivering loses the lease within
+  LEASE_S, is torn down and resubscribed, and the cache is emptied meanwhile. So an ending that
+  misses an acknowledgement waits until LEASE_S after its PUBLISH, by when the silent subscriber
+  has stopped trusting its cache: when a logout answers 204, no instance serves the session;
+- behind Sentinel, the cache is also trusted only while the subscription is on the node the
+  data client uses and the Sentinels name primary (asked every PRIMARY_CHECK_S): after a
+  failover, or while a resumed old primary still says master, the subscription moves and the
+  cache is off until it has;
 - an entry filled by a read that overlapped an invalidation is not kept (the generation check);
 - entries live at most `max_age_s` anyway, and never past the session's absolute timeout.
 
@@ -21,19 +30,45 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from app import redis_client
 from app.sessions.base import CartAdd, Session, SessionKey, SessionStore
 
 log = logging.getLogger(__name__)
 
-ACK_TIMEOUT_S = 0.2
+#: The cache is trusted for this long after a PING whose reply came back.
+LEASE_S = 0.5
+PING_INTERVAL_S = 0.1
+#: A (re)subscription must be confirmed within this, or it is given up and tried again.
+CONFIRM_TIMEOUT_S = 1.0
+#: Behind Sentinel: how often the Sentinels are asked which node is primary; an answer older than
+#: twice this is no answer.
+PRIMARY_CHECK_S = 0.5
+_PING = "near-cache"
+
+
+class _Lost(Exception):
+    """The subscription cannot be trusted any more: it is closed and made again."""
+
+
+class _Acks:
+    def __init__(self) -> None:
+        self.count = 0
+        self.needed: int | None = None
+        self.done = asyncio.Event()
+
+    def add(self, n: int = 1) -> None:
+        self.count += n
+        if self.needed is not None and self.count >= self.needed:
+            self.done.set()
 
 
 @dataclass(frozen=True)
@@ -56,17 +91,27 @@ class NearCache(SessionStore):
         self.flush_interval_s = flush_interval_s
         self.channel = f"{prefix}:session-invalidations"
         self._acks = f"{prefix}:invalidation-acks:"
+        #: This instance's name on the channel: acknowledgements for its endings come to it.
+        self.node = secrets.token_hex(8)
         self.entries: dict[str, _Entry] = {}
         self.pending: Counter[str] = Counter()
         self.subscribed = False
         self.generation = 0
+        self._leased_until = 0.0
+        self._on: redis_client.Address | None = None
+        self._primary: redis_client.Address | None = None
+        self._primary_at = 0.0
+        self._waiting: dict[str, _Acks] = {}
         self._running = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._acking: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
         await self.store.__aenter__()
         self._running = True
         self._tasks = [asyncio.create_task(self.listen()), asyncio.create_task(self._run_flusher())]
+        if redis_client.follows_sentinels(self.subscriber):
+            self._tasks.append(asyncio.create_task(self._watch_primary()))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -77,9 +122,9 @@ class NearCache(SessionStore):
             await self.flush()  # hand the counted requests over before going
         except RedisError as error:
             log.warning("final write-behind flush failed: %s", error)
-        for task in self._tasks:
+        for task in [*self._tasks, *self._acking]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._acking, return_exceptions=True)
         await self.store.__aexit__(exc_type, exc, tb)
 
     # -- the store interface -----------------------------------------------------------------
@@ -95,14 +140,17 @@ class NearCache(SessionStore):
     async def identify(self, key: SessionKey) -> Session | None:
         """Who holds this key: from the near cache when it may be trusted, else from the store."""
         now = time.time()
-        entry = self.entries.get(key.id) if self.subscribed else None
+        trusted = self.trusted()
+        if not trusted and self.entries:
+            self._drop("*")
+        entry = self.entries.get(key.id) if trusted else None
         if entry and now - entry.cached_at < self.max_age_s \
                 and now < entry.session.created_at + self.limits.absolute_timeout_s:
             self.pending[key.id] += 1
             return replace(entry.session, requests=entry.session.requests + self.pending[key.id])
         generation = self.generation
         session = await self.store.identify(key)
-        if session is not None and self.subscribed and generation == self.generation:
+        if session is not None and generation == self.generation and self.trusted():
             self.entries[key.id] = _Entry(key, now, session)
         return session
 
@@ -119,18 +167,36 @@ class NearCache(SessionStore):
         return await self.store.count_live()
 
     # -- invalidation ----------------------------------------------------------------------
+    def trusted(self) -> bool:
+        """Whether the cache may answer: subscribed, under the lease, and (behind Sentinel) on the
+        node the data goes to, which the Sentinels named primary a moment ago."""
+        now = time.monotonic()
+        if not self.subscribed or now >= self._leased_until:
+            return False
+        if not redis_client.follows_sentinels(self.subscriber):
+            return True
+        return (self._primary is not None and now - self._primary_at < 2 * PRIMARY_CHECK_S
+                and self._on == self._primary == redis_client.primary_in_use(self.redis))
+
     async def _invalidate(self, sid: str) -> None:
-        """Tell every instance, and wait until each subscriber has dropped its copy."""
+        """Tell every instance, and wait until each one Redis delivered to has dropped its copy, or
+        until LEASE_S after the PUBLISH: by then a subscriber that did not answer trusts its cache
+        no more. The wait is on an asyncio event, so its bound holds whatever Redis does."""
         self._drop(sid)
         nonce = secrets.token_hex(8)
-        ack_key = self._acks + nonce
-        receivers = int(await self.redis.publish(self.channel, f"{nonce} {sid}"))
+        acks = self._waiting[nonce] = _Acks()
         try:
-            async with asyncio.timeout(ACK_TIMEOUT_S):  # a GET held up by a stalled Redis included
-                while int(await self.redis.get(ack_key) or 0) < receivers:  # noqa: ASYNC110 - polls Redis
-                    await asyncio.sleep(0.001)
-        except TimeoutError:
-            log.warning("not every instance acknowledged the end of a session within %.1f s", ACK_TIMEOUT_S)
+            receivers = int(await self.redis.publish(self.channel, f"{self.node} {nonce} {sid}"))
+            published = time.monotonic()
+            acks.needed = receivers
+            acks.add(0)
+            try:
+                await asyncio.wait_for(acks.done.wait(), published + LEASE_S - time.monotonic())
+            except TimeoutError:
+                log.warning("%d of %d instances did not acknowledge the end of a session; waited out their "
+                            "%.1f s lease", receivers - acks.count, receivers, LEASE_S)
+        finally:
+            del self._waiting[nonce]
 
     def _drop(self, sid: str) -> None:
         self.generation += 1
@@ -143,31 +209,90 @@ class NearCache(SessionStore):
         """Follow the invalidation channel; while it is down, the cache is not used."""
         while self._running:
             try:
+                await redis_client.forget_primary(self.subscriber)  # behind Sentinel: ask them again
                 async with self.subscriber.pubsub() as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    while await pubsub.get_message(timeout=1.0) is None:  # the subscription's confirmation
-                        pass
-                    self.entries.clear()
-                    self.subscribed = True
-                    while self._running:
-                        message = await pubsub.get_message(timeout=0.5)
-                        if message is None:  # quiet for half a second: is the connection still there?
-                            await pubsub.ping()
-                            continue
-                        if message["type"] != "message":  # the ping's pong
-                            continue
-                        nonce, sid = str(message["data"]).split(" ", 1)
-                        self._drop(sid)
-                        async with self.redis.pipeline(transaction=False) as pipe:
-                            pipe.incr(self._acks + nonce)
-                            pipe.expire(self._acks + nonce, 10)
-                            await pipe.execute()
-            except (RedisError, OSError) as exc:
+                    await self._subscribe(pubsub)
+                    await self._follow(pubsub)
+            except (RedisError, OSError, _Lost) as exc:
                 log.warning("invalidation channel lost, near cache off until it is back: %s", exc)
             finally:
                 self.subscribed = False
-                self.entries.clear()
+                self._on = None
+                self._drop("*")
             await asyncio.sleep(0.2)
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        sent = time.monotonic()
+        await pubsub.subscribe(self.channel, self._acks + self.node)
+        confirmed = 0
+        while confirmed < 2:  # one confirmation per channel, within a bound
+            left = sent + CONFIRM_TIMEOUT_S - time.monotonic()
+            if left <= 0:
+                raise _Lost(f"subscription not confirmed within {CONFIRM_TIMEOUT_S} s")
+            message = await pubsub.get_message(timeout=left)
+            confirmed += message is not None and message["type"] == "subscribe"
+        assert pubsub.connection is not None
+        self._on = redis_client.address_of(pubsub.connection)
+        self._drop("*")
+        self._leased_until = sent + LEASE_S
+        self.subscribed = True
+
+    async def _follow(self, pubsub: PubSub) -> None:
+        pings: deque[float] = deque()
+        next_ping = 0.0
+        while self._running:
+            now = time.monotonic()
+            if now >= next_ping:
+                pings.append(now)
+                await pubsub.ping(_PING)
+                next_ping = now + PING_INTERVAL_S
+            if self._primary is not None and self._on != self._primary:
+                raise _Lost(f"the Sentinels name {self._primary} primary, subscribed on {self._on}")
+            # Not get_message: it takes the reply to a PING with a payload (a bare string under RESP3,
+            # ["pong", payload] under RESP2) for a message and mangles it.
+            response = await pubsub.parse_response(block=False, timeout=max(0.0, next_ping - time.monotonic()))
+            if response is None:
+                if pings and time.monotonic() - pings[0] > LEASE_S:
+                    raise _Lost(f"no reply to a PING within {LEASE_S} s")
+                continue
+            if response == _PING or (isinstance(response, list) and response[:2] == ["pong", _PING]):
+                if pings:
+                    self._leased_until = pings.popleft() + LEASE_S
+                continue
+            message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
+            if message is not None and message["type"] == "message":
+                self._received(str(message["channel"]), str(message["data"]))
+
+    def _received(self, channel: str, data: str) -> None:
+        if channel != self.channel:  # an acknowledgement of one of this instance's endings
+            if acks := self._waiting.get(data):
+                acks.add()
+            return
+        origin, nonce, sid = data.split(" ", 2)
+        self._drop(sid)
+        task = asyncio.create_task(self._acknowledge(origin, nonce))
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def _acknowledge(self, origin: str, nonce: str) -> None:
+        try:
+            await self.redis.publish(self._acks + origin, nonce)
+        except RedisError as exc:  # the ending waits out the lease instead
+            log.warning("could not acknowledge the end of a session: %s", exc)
+
+    async def _watch_primary(self) -> None:
+        """Behind Sentinel: which node is primary now, for `trusted` and the listener; a data
+        client still on another node is made to ask again."""
+        while self._running:
+            try:
+                primary: redis_client.Address | None = await redis_client.primary_named(self.subscriber)
+            except RedisError as exc:
+                log.warning("no Sentinel names a primary; near cache off: %s", exc)
+                primary = None
+            self._primary, self._primary_at = primary, time.monotonic()
+            if primary is not None and redis_client.primary_in_use(self.redis) not in (None, primary):
+                await redis_client.forget_primary(self.redis)
+            await asyncio.sleep(PRIMARY_CHECK_S)
 
     async def flush(self) -> None:
         """Write behind: hand the counted requests to the store (which also slides the TTL)."""

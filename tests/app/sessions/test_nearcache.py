@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.redis_client import connect_redis
 from app.sessions import Limits, NearCache, RedisSessionStore, SessionKey
+from app.sessions.nearcache import LEASE_S
 from tests.app.sessions import stores
 
 
@@ -122,3 +123,42 @@ async def test_an_idle_subscription_costs_almost_no_cpu(instances: list[NearCach
     await asyncio.sleep(2)
     assert time.process_time() - started < 0.3
     assert all(s.subscribed for s in instances)
+
+
+async def test_an_ending_that_nobody_acknowledges_waits_out_the_lease_and_no_longer(
+        redis: Redis, redis_url: str, instances: list[NearCache]) -> None:
+    """A subscriber that takes the invalidation and never acknowledges it (counted by PUBLISH, as a
+    frozen instance is): the logout's wait ends at the lease, however redis-py treats timeouts."""
+    web1, _ = instances
+    silent = Redis.from_url(redis_url)
+    pubsub = silent.pubsub()
+    await pubsub.subscribe(web1.channel)
+    try:
+        key = await start(web1)
+        started = time.monotonic()
+        ending = asyncio.create_task(web1.delete(key))
+        done, _ = await asyncio.wait([ending], timeout=LEASE_S + 1)  # waits; cancels nothing
+        took = time.monotonic() - started
+        assert done, "the ending's wait for acknowledgements was not bounded"
+        assert LEASE_S - 0.05 <= took < LEASE_S + 0.2
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await silent.aclose()
+
+
+async def test_a_subscription_loses_its_lease_without_pong_replies(redis: Redis, instances: list[NearCache]) -> None:
+    """Redis stalled in a script: nothing comes back on the subscription, and within the lease the
+    cache stops answering, though the connection is still open."""
+    web1, web2 = instances
+    key = await start(web1)
+    assert await web2.identify(key) is not None
+    assert web2.trusted()
+    stall = asyncio.ensure_future(redis.eval(
+        "local t = redis.call('TIME') local stop = t[1] * 1000000 + t[2] + 900000 "
+        "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop", 0))
+    started = time.monotonic()
+    await wait_for(lambda: not web2.trusted(), timeout_s=2)
+    assert time.monotonic() - started < LEASE_S + 0.15
+    await wait_for(lambda: web2.entries == {}, timeout_s=0.2)  # emptied, not only bypassed
+    await stall
+    await wait_for(web2.trusted)
