@@ -57,13 +57,16 @@ class Auth:
         """429 while the throttle says no, 401 when wrong; returns the user's epoch as it was
         BEFORE the check, for `start_session` (a sign-out-everywhere meanwhile voids the login)."""
         address = client_address(request)
-        verdict = await self.throttle.attempt(username, address)
-        if not verdict.allowed:
-            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins, try again later",
-                                headers={"Retry-After": str(verdict.retry_after_s)})
-        epoch = await self.store.epoch(username)
-        if not await self.users.authenticate(username, password):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, WRONG_CREDENTIALS)
+        # An argon2 slot for the check only: the session it starts next may wait for a replica's
+        # WAIT (up to REDIS_WAIT_TIMEOUT_MS), which must not keep other logins from hashing.
+        async with self.users.admission.admit():
+            verdict = await self.throttle.attempt(username, address)
+            if not verdict.allowed:
+                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins, try again later",
+                                    headers={"Retry-After": str(verdict.retry_after_s)})
+            epoch = await self.store.epoch(username)
+            if not await self.users.authenticate(username, password):
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, WRONG_CREDENTIALS)
         await self.throttle.succeeded(username, address)
         return epoch
 

@@ -86,7 +86,7 @@ async def register_page(request: Request, key: MaybeKey) -> HTMLResponse:
     return render(request, "login.html", key, mode="register", errors={}, username="")
 
 
-@forms.post("/login", dependencies=[Admitted])
+@forms.post("/login")  # admitted inside: Auth.check_password
 async def login_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
                      username: Username = "", password: Password = "") -> Response:
     return await account_form(request, key, auth, csrf_token, "login", username, password)

@@ -131,3 +131,38 @@ def test_manual_failover_without_a_crash_is_followed(sentinel_farm: Farm, watch:
     assert took is not None, f"not every user was served within {FOLLOW_WITHIN_S} s: {watch.statuses}"
     assert set(watch.statuses) <= {200, 503}, watch.statuses
     assert watch.wrong_bodies == []
+
+
+def test_a_login_waiting_for_a_hung_replica_holds_no_hash_slot(farm_factory: FarmFactory) -> None:
+    """A login waits (WAIT) for the replica to have its session, up to REDIS_WAIT_TIMEOUT_MS; with
+    the replica hung it waits all of it. That wait must not hold the login's argon2 slot: with one
+    slot and no queue, a second login arriving meanwhile is hashed, not refused "too busy"."""
+    farm = farm_factory(1, redis_mode="sentinel", extra_env={
+        "ARGON2_CONCURRENCY": "1", "ARGON2_QUEUE": "0", "REDIS_WAIT_TIMEOUT_MS": "900"})
+    base = farm.config.balancer_url
+    with httpx.Client(base_url=base, timeout=10) as setup:
+        for name in ("first-in-line", "second-in-line"):
+            assert setup.post("/api/register", json={"username": name, "password": "password-of-" + name}) \
+                .status_code == 201
+    primary = farm.redis_primary()
+    replica = next(name for name in farm.config.redis_nodes if name != primary)
+    results: dict[str, tuple[int, float]] = {}
+
+    def login(name: str) -> None:
+        started = time.monotonic()
+        with httpx.Client(base_url=base, timeout=10) as client:
+            status = client.post("/api/login", json={"username": name, "password": "password-of-" + name}).status_code
+        results[name] = (status, time.monotonic() - started)
+
+    farm.pause(replica)
+    try:
+        first = threading.Thread(target=login, args=("first-in-line",))
+        first.start()
+        time.sleep(0.5)  # its hash (tens of ms) is done; it is waiting for the replica
+        login("second-in-line")
+        first.join(10)
+    finally:
+        farm.resume(replica)
+    assert results["first-in-line"][0] == 200, results
+    assert results["first-in-line"][1] >= 0.9, results  # it did wait for the hung replica
+    assert results["second-in-line"][0] == 200, results  # not 503 "too busy"
