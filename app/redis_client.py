@@ -29,6 +29,7 @@ The near cache's subscription must be on the node the data goes to (app.sessions
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection
@@ -99,6 +100,8 @@ def _connect_sentinel(settings: Settings) -> Redis:
         settings.sentinel_addresses, sentinel_kwargs={**timeouts, "retry": no_retries})
     client: Redis = sentinel.master_for(
         settings.redis_sentinel_master,
+        # The data nodes' password, if REDIS_URL has one (Docker's Redis does; the Sentinels have none).
+        password=urlsplit(settings.redis_url).password,
         connection_pool_class=FailoverPool,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,

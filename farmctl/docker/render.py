@@ -2,6 +2,7 @@
 initial configs, and the proxy secret's include - written by compose.yaml's one-shot farm-config
 service (`python -m farmctl render-docker`) into the volume nginx and the Sentinels mount."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def config_dir_of(config: FarmConfig) -> Path:
     return config.state_dir.resolve() / "docker-config"
 
 
-def render_sentinel_docker(name: str) -> str:
+def render_sentinel_docker(name: str, auth_pass: str = "") -> str:
     """The initial config of the Sentinel service `name` of compose.yaml, which copies it to a writable
     place at its first start (Sentinel rewrites it). Services are known by name: their addresses change."""
     return render_template(
@@ -74,6 +75,7 @@ def render_sentinel_docker(name: str) -> str:
         master=SENTINEL_MASTER,
         primary_host="redis",
         primary_port=6379,
+        auth_pass=auth_pass,
     )
 
 
@@ -82,7 +84,8 @@ def render_docker(out: Path, instances: int, balance: str, proxy_secret: str) ->
     `out` (compose's config volume); each file appears whole (write, then rename) so nothing ever
     reads half of one."""
     files = {"nginx.conf": render_nginx_docker(instances, balance), PROXY_SECRET_CONF: proxy_secret_conf(proxy_secret)}
-    files |= {f"{name}.conf": render_sentinel_docker(name) for name in DOCKER_SENTINEL_NAMES}
+    files |= {f"{name}.conf": render_sentinel_docker(name, os.environ.get("REDIS_PASSWORD", ""))
+              for name in DOCKER_SENTINEL_NAMES}
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out / f"{name}.tmp").write_text(text)
