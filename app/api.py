@@ -116,7 +116,7 @@ async def register(body: Credentials, request: Request, auth: AuthDep, request_i
                      responses={401: {"model": Detail, "description": "Wrong credentials"}, **THROTTLED, **RACED,
                                 **EXPENSIVE})
 async def login(body: Credentials, request: Request, response: Response, auth: AuthDep) -> UserOut:
-    epoch = await auth.check_password(request, body.username, body.password)
+    epoch = await auth.check_login(request, body.username, body.password)
     await auth.start_session(request, response, body.username, epoch)
     return UserOut(username=body.username)
 

@@ -57,18 +57,22 @@ class Auth:
         """429 while the throttle says no, 401 when wrong; returns the user's epoch as it was
         BEFORE the check, for `start_session` (a sign-out-everywhere meanwhile voids the login)."""
         address = client_address(request)
-        # An argon2 slot for the check only: the session it starts next may wait for a replica's
-        # WAIT (up to REDIS_WAIT_TIMEOUT_MS), which must not keep other logins from hashing.
-        async with self.users.admission.admit():
-            verdict = await self.throttle.attempt(username, address)
-            if not verdict.allowed:
-                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins, try again later",
-                                    headers={"Retry-After": str(verdict.retry_after_s)})
-            epoch = await self.store.epoch(username)
-            if not await self.users.authenticate(username, password):
-                raise HTTPException(status.HTTP_401_UNAUTHORIZED, WRONG_CREDENTIALS)
+        verdict = await self.throttle.attempt(username, address)
+        if not verdict.allowed:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed logins, try again later",
+                                headers={"Retry-After": str(verdict.retry_after_s)})
+        epoch = await self.store.epoch(username)
+        if not await self.users.authenticate(username, password):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, WRONG_CREDENTIALS)
         await self.throttle.succeeded(username, address)
         return epoch
+
+    async def check_login(self, request: Request, username: str, password: str) -> int:
+        """`check_password` for a sign-in, in an argon2 slot (app.admission) held for the check only:
+        the session started next may wait for a replica (WAIT, up to REDIS_WAIT_TIMEOUT_MS), and
+        that wait must not keep other sign-ins from hashing."""
+        async with self.users.admission.admit():
+            return await self.check_password(request, username, password)
 
     async def start_session(self, request: Request, response: Response, username: str, epoch: int) -> Session:
         """Sign in: a fresh key every time, so a cookie planted before login is worth nothing."""

@@ -86,7 +86,7 @@ async def register_page(request: Request, key: MaybeKey) -> HTMLResponse:
     return render(request, "login.html", key, mode="register", errors={}, username="")
 
 
-@forms.post("/login")  # admitted inside: Auth.check_password
+@forms.post("/login")  # admitted for the check only: Auth.check_login
 async def login_form(request: Request, key: MaybeKey, auth: AuthDep, csrf_token: CsrfField,
                      username: Username = "", password: Password = "") -> Response:
     return await account_form(request, key, auth, csrf_token, "login", username, password)
@@ -111,7 +111,7 @@ async def account_form(request: Request, key: SessionKey | None, auth: Auth, csr
                       username=username[:32], errors=field_errors(exc))
     try:
         if mode == "login":
-            epoch = await auth.check_password(request, creds.username, creds.password)
+            epoch = await auth.check_login(request, creds.username, creds.password)
         else:
             await auth.register(request, creds.username, creds.password, request_id())
             epoch = await auth.store.epoch(creds.username)
