@@ -122,7 +122,8 @@ class DockerFarm:
     def down(self, timeout_s: float = 30) -> None:
         # --volumes: a farm's Redis data goes with it, as the native farm's state dir goes on `make clean`;
         # the default farm keeps its volume (`make down`, then `make up`: everyone still signed in).
-        volumes = ["--volumes"] if self.project != "webfarm" else []
+        # A test's farm also takes its image tags (the layers stay cached for the next one).
+        volumes = ["--volumes", "--rmi", "local"] if self.project != "webfarm" else []
         self._compose("down", "--timeout", str(int(timeout_s)), "--remove-orphans", *volumes)
 
     def status(self) -> list[ProcessStatus]:
