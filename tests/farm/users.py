@@ -75,8 +75,10 @@ def browser_like(client: httpx.Client, method: str, url: str, **kwargs: Any) -> 
 
 
 def closed_unanswered(exc: httpx.HTTPError) -> bool:
-    """The server closed the connection before a single byte of the answer: safe to send again."""
-    return "without sending a response" in str(exc) or "reset by peer" in str(exc)
+    """The server closed the connection before a single byte of the answer: safe to send again
+    (a bare ReadError('') is that too: an EOF on a reused connection, as seen through Docker's NAT)."""
+    return ("without sending a response" in str(exc) or "reset by peer" in str(exc)
+            or (isinstance(exc, httpx.ReadError) and not str(exc)))
 
 
 def source_address() -> str:
