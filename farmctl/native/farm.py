@@ -256,6 +256,9 @@ class NativeFarm:
     def unhealthy(self) -> list[str]:
         """Names of the parts that do not answer yet (empty when the farm is healthy)."""
         bad = [i.name for i in self.config.web if not self.is_serving(i.name)]
+        # Held out by the health loop (a probe that timed out while the machine was busy starting
+        # it): not healthy yet, or the first requests would all go to the others.
+        bad += [name for name in self.out_of_rotation() if name not in bad]
         if not answers(f"{self.config.balancer_url}/healthz", 1):
             bad.append("nginx")
         if not answers(f"{self.config.web[0].url}/readyz", 2):
