@@ -186,9 +186,13 @@ class DockerFarm:
         if name == "redis":
             try:
                 with redis.Redis.from_url(self.config.redis_url, socket_timeout=1) as client:
-                    return bool(client.ping())
+                    client.ping()
             except redis.RedisError:
                 return False
+            # Answering the host is not answering the instances: for up to a second after its
+            # container starts again, their connections to it can time out (seen: one instance's
+            # 24 of 40 requests 503 "session store unavailable" right after the host's PING).
+            return all(self.is_serving(name) for name in self.instance_names())
         return True
 
     def restart(self, name: str) -> None:
@@ -256,7 +260,9 @@ class DockerFarm:
 
     def unhealthy(self) -> list[str]:
         bad = [name for name in self.instance_names() if not self.is_serving(name)]
-        return bad if answers(f"{self.config.balancer_url}/readyz") else [*bad, "nginx"]
+        # nginx's own file until every instance serves (see NativeFarm.unhealthy), then through it.
+        return bad if answers(f"{self.config.balancer_url}{'/static/style.css' if bad else '/readyz'}") \
+            else [*bad, "nginx"]
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
         if not wait_until(lambda: not self.unhealthy(), timeout_s, interval_s=0.5):
