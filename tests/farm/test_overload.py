@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from farmctl.runtime import Farm
+from farmctl.wait import wait_until
 from tests.conftest import FarmFactory
 from tests.farm.users import PASSWORD, SSL_CONTEXT, browser_like, new_username, signed_in
 
@@ -50,7 +51,10 @@ class Reads:
 
 
 @contextmanager
-def reading_me(base_url: str) -> Iterator[Reads]:
+def reading_me(farm: Farm) -> Iterator[Reads]:
+    """The user's reads from before the storm (once every instance has served one: the storm must
+    find the whole farm in the rotation) until after it."""
+    base_url, names = farm.config.balancer_url, {i.name for i in farm.config.web}
     reads, stop = Reads(), threading.Event()
 
     def run() -> None:
@@ -68,8 +72,11 @@ def reading_me(base_url: str) -> Iterator[Reads]:
     thread = threading.Thread(target=run)
     thread.start()
     assert ready.wait(30)
-    time.sleep(0.5)
     try:
+        assert wait_until(lambda: {a[2] for a in reads.answers} >= names, 15, interval_s=0.05), \
+            (Counter(a[2] for a in reads.answers), farm.out_of_rotation())
+        reads.answers.clear()
+        time.sleep(0.5)
         yield reads
     finally:
         stop.set()
@@ -92,7 +99,7 @@ def rss_mb(farm: Farm) -> dict[str, float]:
 
 def storm_while_reading(farm: Farm, path: str, bodies: list[dict[str, str]]) -> list[httpx.Response]:
     base = farm.config.balancer_url
-    with reading_me(base) as reads:
+    with reading_me(farm) as reads:
         started = time.monotonic()
         answers = asyncio.run(storm(base, path, bodies))
         took = time.monotonic() - started
@@ -110,9 +117,10 @@ def storm_while_reading(farm: Farm, path: str, bodies: list[dict[str, str]]) -> 
             assert int(response.headers["retry-after"]) >= 1
     assert reads.failed() == []
     assert reads.p99() < 1.0
-    assert {a[2] for a in reads.answers} == {i.name for i in farm.config.web}
+    held_out = f"held out: {farm.out_of_rotation()}\n{farm.tail('health')}"
+    assert {a[2] for a in reads.answers} == {i.name for i in farm.config.web}, held_out
     served_after = Counter(a[2] for a in reads.answers[-30:])  # every instance still in the rotation
-    assert set(served_after) == {i.name for i in farm.config.web}, served_after
+    assert set(served_after) == {i.name for i in farm.config.web}, (served_after, held_out)
     assert all(mb < MAX_RSS_MB for mb in rss_mb(farm).values()), rss_mb(farm)
     return answers
 
