@@ -42,6 +42,8 @@ class NativeFarm:
         removed, nginx reloaded without dropping connections). Returns when all is healthy."""
         running = self.is_running()
         if not running:
+            if not self.supervisor.wait_exited(5):  # a `down` just before: it removes its socket last
+                raise FarmError(f"the supervisord of {self.state_dir} is still shutting down")
             self._stop_unsupervised(timeout_s / 2)  # what a SIGKILLed supervisord left: started again below
             taken = [p for p in self.config.ports if not port_is_free(p)]
             if taken:
@@ -95,9 +97,9 @@ class NativeFarm:
         or the workers of a SIGKILLed nginx master, run on (see `Supervisor.session`)."""
         pid = self.supervisor.daemon_pid()
         if self.is_running():
-            self.supervisor.shutdown()
-            if not wait_until(lambda: not psutil.pid_exists(pid), timeout_s):
-                raise FarmError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s")
+            # Every process stopped, in order; supervisord itself, with nothing left to run and its
+            # socket closed, exits at its next tick (up to 2 s later) - `up` waits for that if need be.
+            self.supervisor.shutdown(timeout_s)
         netfault.reconnect_all(self.state_dir)
         self._stop_unsupervised(timeout_s, sid=pid)
 

@@ -1,6 +1,7 @@
 """The client of supervisord's XML-RPC interface, over its unix socket; and the processes supervisord
 started, found without it (it may be dead while they run on)."""
 
+import configparser
 import os
 import signal
 import xmlrpc.client
@@ -12,6 +13,9 @@ import psutil
 from supervisor.xmlrpc import SupervisorTransport
 
 from farmctl.wait import wait_until
+
+#: supervisord's states of a process that is not running and not about to.
+STOPPED = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 
 
 class Supervisor:
@@ -106,8 +110,39 @@ class Supervisor:
         self.rpc.stopProcessGroup(name)
         self.rpc.removeProcessGroup(name)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 30) -> None:
+        """Stop every process in supervisord's order (highest priority first: health, nginx, the
+        instances, Redis last), then supervisord. Its own shutdown keeps that order too, but moves
+        to the next group only at its next one-second tick; asking after the processes wakes it, so
+        a farm stops in about a second instead of three."""
+        priority = self._priorities()
+        running = [name for name, p in self.processes().items() if p["statename"] not in STOPPED]
+        for level in sorted({priority.get(name, 999) for name in running}, reverse=True):
+            group = [name for name in running if priority.get(name, 999) == level]
+            for name in group:
+                try:
+                    self.rpc.stopProcess(name, False)
+                except xmlrpc.client.Fault:  # it stopped by itself meanwhile
+                    continue
+            wait_until(lambda: all(self.processes()[n]["statename"] in STOPPED for n in group),  # noqa: B023
+                       timeout_s, interval_s=0.05)
         self.rpc.shutdown()
+
+    def wait_exited(self, timeout_s: float) -> bool:
+        """Whether the last supervisord started here is gone (at once if it is; a shut down one exits
+        at its next tick, then removes its pid file and socket)."""
+        def gone() -> bool:
+            pid = self.daemon_pid()
+            proc = _process(pid) if pid else None
+            return proc is None or not self._is_ours(proc, cmdline_only=True)
+
+        return bool(wait_until(gone, timeout_s, interval_s=0.05))
+
+    def _priorities(self) -> dict[str, int]:
+        parser = configparser.RawConfigParser()
+        parser.read(self.state_dir / "supervisord.conf")
+        return {section.partition(":")[2]: parser.getint(section, "priority", fallback=999)
+                for section in parser.sections() if section.startswith("program:")}
 
 
 def _process(pid: int) -> psutil.Process | None:

@@ -13,7 +13,7 @@ from tests.conftest import FarmFactory
 
 pytestmark = pytest.mark.loadtest
 
-SHORT = LoadSpec(users=6, duration="20s", kill_every_s=5, spawn_rate=6)
+SHORT = LoadSpec(users=6, duration="15s", kill_every_s=4, spawn_rate=6)
 
 
 def test_redis_sessions_survive_repeated_kills(farm_factory: FarmFactory, tmp_path: Path) -> None:
