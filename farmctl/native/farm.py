@@ -62,6 +62,8 @@ class NativeFarm:
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.state_dir / "supervisord.conf")],
                 check=True,
             )
+            # It spawns its programs in its loop, after a first one-second wait unless a call wakes it.
+            wait_until(self.supervisor.is_running, 10, interval_s=0.05)
         self.wait_healthy(timeout_s)
 
     def _check_same_redis_mode(self) -> None:
