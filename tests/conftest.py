@@ -124,9 +124,10 @@ def docker_engine() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def docker_farm(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    """The shared farm's twin under Docker: compose.yaml's three instances, Redis and nginx."""
+    """The shared farm's twin under Docker: compose.yaml's three instances, Redis and nginx (and free
+    ports for two more: tests/farm/test_operations.py scales it to 5 and back)."""
     with ExitStack() as stack:
-        yield _starter(stack, tmp_path_factory, "docker")(3, demo_controls=True)
+        yield _starter(stack, tmp_path_factory, "docker")(3, spare=2, demo_controls=True)
 
 
 @pytest.fixture(scope="session", params=["native", "docker"])

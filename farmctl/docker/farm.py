@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -35,9 +37,10 @@ class DockerFarm:
     state dir, unless the environment brings its own."""
 
     name = "docker"
-    #: compose.yaml's health service holds the rotation; scaling would recreate nginx (not yet), and
-    #: compose.yaml's Sentinels are not driven by the runtime (not yet).
-    capabilities: frozenset[Capability] = frozenset({Capability.CUT_OFF, Capability.ACTIVE_HEALTH, Capability.DRAIN})
+    #: compose.yaml's health service holds the rotation; compose.yaml's Sentinels are not driven by
+    #: the runtime (not yet).
+    capabilities: frozenset[Capability] = frozenset({Capability.CUT_OFF, Capability.ACTIVE_HEALTH, Capability.DRAIN,
+                                                     Capability.SCALE})
 
     def __init__(self, config: FarmConfig) -> None:
         if config.instances < DOCKER_INSTANCES:
@@ -107,8 +110,11 @@ class DockerFarm:
         return any(s.up for s in self.status())
 
     def up(self, timeout_s: float = 180) -> None:
+        """Start the farm, or scale a running one to this config's N (dropping no request)."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        # --remove-orphans: instances past a smaller N go (nginx is re-rendered without them first).
+        running = [s.name for s in self.status() if s.name.startswith("web")]
+        if running and len(running) != self.config.instances:
+            self._scale(running, timeout_s)
         try:
             self._compose("up", "--detach", "--build", "--wait", "--wait-timeout", str(int(timeout_s)),
                           "--remove-orphans", "--quiet-pull")
@@ -118,6 +124,32 @@ class DockerFarm:
                                 f"packages, and prints the variables that make the farm use them.") from exc
             raise
         self.wait_healthy(timeout_s)  # `up --wait` has been seen returning 0 with nginx never started
+
+    def _scale(self, running: list[str], timeout_s: float) -> None:
+        """As natively: new instances serve before nginx sends them anything, and nginx sends nothing
+        to removed ones (its old workers done) before they stop. nginx itself is never recreated (its
+        depends_on, the only thing of it N changes, is not in compose's config hash); the health
+        service is, with the new N: its start renders nginx.conf for web1..webN and reloads nginx."""
+        wanted = self.instance_names()
+        added = [name for name in wanted if name not in running]
+        removed = [name for name in running if name not in wanted]
+        if added:
+            self._compose("up", "--detach", "--no-deps", "--wait", "--wait-timeout", str(int(timeout_s)), *added)
+            self._wait(lambda: all(self.is_serving(name) for name in added), timeout_s, f"{', '.join(added)} serving")
+        containers = {name: self._container(name) for name in removed}
+        self._compose("up", "--detach", "--no-deps", "--force-recreate", "health")
+        self._wait(lambda: self._rotation().get("instances") == len(wanted), timeout_s,
+                   f"nginx reloaded for {len(wanted)} instances")
+        for name, container in containers.items():
+            for command in (["stop", "--time", "15"], ["rm", "--volumes"]):
+                subprocess.run(["docker", *command, container], capture_output=True, check=False)
+            if self.project != "webfarm":  # as `down` does for a test's farm
+                subprocess.run(["docker", "image", "rm", f"{self.project}-{name}"], capture_output=True, check=False)
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        if not wait_until(condition, timeout_s, interval_s=0.1):
+            raise FarmError(f"not {what} after {timeout_s:.0f} s: docker compose logs")
 
     def down(self, timeout_s: float = 30) -> None:
         # --volumes: a farm's Redis data goes with it, as the native farm's state dir goes on `make clean`;
@@ -218,7 +250,7 @@ class DockerFarm:
 
     def _health(self, *args: str) -> str:
         result = subprocess.run(["docker", "exec", self._container("health"), "python", "-m", "farmctl.docker.health",
-                                 *args, "--instances", str(self.config.instances), "--balance", self.config.balance],
+                                 *args, "--balance", self.config.balance],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise FarmError(f"health {' '.join(args)}: {result.stderr.strip()}")
@@ -246,12 +278,17 @@ class DockerFarm:
         require(self, Capability.REDIS_FAILOVER, "a Redis failover")
         return False
 
+    def _rotation(self) -> dict[str, Any]:
+        """What the health service last applied (farmctl/docker/health.py's Rotation), {} before its start."""
+        try:
+            rotation: dict[str, Any] = json.loads((config_dir_of(self.config) / "rotation.json").read_text())
+        except FileNotFoundError:
+            return {}
+        return rotation
+
     def out_of_rotation(self) -> dict[str, str]:
         """Who the health service holds out, and why ("timeout", "unready"); drained ones are not counted."""
-        try:
-            out: dict[str, str] = json.loads((config_dir_of(self.config) / "rotation.json").read_text())["out"]
-        except FileNotFoundError:  # the health service has not started yet: nobody is held out
-            return {}
+        out: dict[str, str] = self._rotation().get("out", {})
         return out
 
     def is_serving(self, name: str) -> bool:

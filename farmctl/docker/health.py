@@ -10,6 +10,9 @@ instance - an instance's fate is its own container's business, not a sibling's.
   python -m farmctl.docker.health run --instances N --balance B     the loop (the service's command)
   python -m farmctl.docker.health drain|undrain [web2 ...]           what `DockerFarm.drain` execs here
 
+`make scale` recreates this service with the new N: its start puts everyone in the rotation, renders
+nginx.conf for web1..webN and reloads nginx; rotation.json names N once the old workers are done.
+
 No psutil here (the image has the app's dependencies only): nginx's processes are read from /proc."""
 
 import argparse
@@ -36,6 +39,7 @@ CONFIG_DIR = Path(DOCKER_CONFIG_DIR)
 
 
 class Rotation(TypedDict):
+    instances: int  # web1..webN are in nginx.conf (set by the loop's start)
     draining: list[str]  # instances a graceful operation (roll) restarts
     out: dict[str, str]  # instances the loop holds out, with the reason ("timeout", "unready")
 
@@ -74,15 +78,15 @@ def editing() -> Iterator[Rotation]:
     with (CONFIG_DIR / "rotation.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = CONFIG_DIR / "rotation.json"
-        rotation: Rotation = json.loads(path.read_text()) if path.exists() else {"draining": [], "out": {}}
+        rotation: Rotation = json.loads(path.read_text()) if path.exists() else \
+            {"instances": 0, "draining": [], "out": {}}
         yield rotation
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rotation))
         tmp.replace(path)  # whole or not at all: the runtime reads it from the host (farmctl/docker/farm.py)
 
 
-def apply(instances: int, balance: str, change: Callable[[Rotation], None],
-          timeout_s: float = 15, finish: bool = True) -> None:
+def apply(balance: str, change: Callable[[Rotation], None], timeout_s: float = 15, finish: bool = True) -> None:
     """Change the rotation, re-render nginx.conf and reload nginx; return once new workers run and,
     with `finish`, the old ones are gone (their requests done: a drained instance can then be
     restarted). The loop's own changes do not wait: old workers may be waiting on a hung instance."""
@@ -90,7 +94,7 @@ def apply(instances: int, balance: str, change: Callable[[Rotation], None],
         change(rotation)
         down = frozenset([*rotation["draining"], *rotation["out"]])
         tmp = CONFIG_DIR / "nginx.conf.tmp"
-        tmp.write_text(render_nginx_docker(instances, balance, down))
+        tmp.write_text(render_nginx_docker(rotation["instances"], balance, down))
         tmp.replace(CONFIG_DIR / "nginx.conf")
         master, before = _nginx()
         if not master:
@@ -111,10 +115,10 @@ def run(instances: int, balance: str) -> None:
     client = httpx.Client(timeout=PROBE_TIMEOUT_S)
     pool = ThreadPoolExecutor(max_workers=8)
 
-    def everyone_in(rotation: Rotation) -> None:  # a farm that starts has everyone in rotation
-        rotation["out"], rotation["draining"] = {}, []
+    def everyone_in(rotation: Rotation) -> None:  # a farm that starts (or scales) has everyone in rotation
+        rotation["instances"], rotation["out"], rotation["draining"] = instances, {}, []
 
-    apply(instances, balance, everyone_in)
+    apply(balance, everyone_in)
     while True:
         started = time.monotonic()
         try:
@@ -127,7 +131,7 @@ def run(instances: int, balance: str) -> None:
                 def hold(rotation: Rotation) -> None:
                     rotation["out"] = wanted  # noqa: B023 - called at once
 
-                apply(instances, balance, hold, finish=False)
+                apply(balance, hold, finish=False)
                 for name in wanted.keys() - held.keys():
                     log.warning("%s out of rotation: %s", name, wanted[name])
                 for name in held.keys() - wanted.keys():
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "drain", "undrain"])
     parser.add_argument("names", nargs="*")
-    parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "3")))
+    parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "3")),
+                        help="run: web1..webN (drain and undrain keep the running loop's N)")
     parser.add_argument("--balance", default=os.environ.get("BALANCE") or "round_robin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 draining -= set(args.names or draining)
             rotation["draining"] = sorted(draining)
 
-        apply(args.instances, args.balance, change)
+        apply(args.balance, change)
     return 0
 
 

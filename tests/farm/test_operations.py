@@ -108,9 +108,11 @@ def test_up_refuses_a_taken_port_with_a_clear_message(farm_factory: FarmFactory)
     assert not farm.is_running()
 
 
-@pytest.fixture(scope="module")
-def ops_farm(farm_factory: FarmFactory) -> Farm:
-    return farm_factory(3, spare=2)
+@pytest.fixture(scope="module", params=["native", "docker"])
+def ops_farm(request: pytest.FixtureRequest, farm_factory: FarmFactory) -> Farm:
+    """Natively a farm of this module's own; under Docker the shared one (it has room for 5)."""
+    farm: Farm = request.getfixturevalue("docker_farm") if request.param == "docker" else farm_factory(3, spare=2)
+    return farm
 
 
 def test_roll_restarts_every_instance_under_load_without_a_failed_request(ops_farm: Farm) -> None:
