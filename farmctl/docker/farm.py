@@ -114,7 +114,11 @@ class DockerFarm:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         running = [s.name for s in self.status() if s.name.startswith("web")]
         if running and len(running) != self.config.instances:
-            self._scale(running, timeout_s)
+            self._scale(running, timeout_s)  # only the instances and the health service change
+            self.wait_healthy(timeout_s)
+            return
+        if not running:  # the last run's rotation: the health service writes this run's at its start
+            (config_dir_of(self.config) / "rotation.json").unlink(missing_ok=True)
         try:
             self._compose("up", "--detach", "--build", "--wait", "--wait-timeout", str(int(timeout_s)),
                           "--remove-orphans", "--quiet-pull")
@@ -124,6 +128,7 @@ class DockerFarm:
                                 f"packages, and prints the variables that make the farm use them.") from exc
             raise
         self.wait_healthy(timeout_s)  # `up --wait` has been seen returning 0 with nginx never started
+        self._wait_rotation(timeout_s)
 
     def _scale(self, running: list[str], timeout_s: float) -> None:
         """As natively: new instances serve before nginx sends them anything, and nginx sends nothing
@@ -138,13 +143,17 @@ class DockerFarm:
             self._wait(lambda: all(self.is_serving(name) for name in added), timeout_s, f"{', '.join(added)} serving")
         containers = {name: self._container(name) for name in removed}
         self._compose("up", "--detach", "--no-deps", "--force-recreate", "health")
-        self._wait(lambda: self._rotation().get("instances") == len(wanted), timeout_s,
-                   f"nginx reloaded for {len(wanted)} instances")
+        self._wait_rotation(timeout_s)
         for name, container in containers.items():
             for command in (["stop", "--time", "15"], ["rm", "--volumes"]):
                 subprocess.run(["docker", *command, container], capture_output=True, check=False)
             if self.project != "webfarm":  # as `down` does for a test's farm
                 subprocess.run(["docker", "image", "rm", f"{self.project}-{name}"], capture_output=True, check=False)
+
+    def _wait_rotation(self, timeout_s: float) -> None:
+        """Until nginx runs with web1..webN in its rotation (the health service's start, then its reload)."""
+        n = self.config.instances
+        self._wait(lambda: self._rotation().get("instances") == n, timeout_s, f"nginx reloaded for {n} instances")
 
     @staticmethod
     def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

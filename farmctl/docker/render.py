@@ -31,7 +31,7 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
 def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
     """What one farm changes in compose.yaml (a compose file, as JSON): instances past web3, each
     like web1 with its own name; the farm's extra variables on every instance; loopback ports; nginx
-    rendered for N instances, and started once every one of them is healthy."""
+    started once every instance is healthy, and the health service rendering it for N."""
     if config.instances < DOCKER_INSTANCES:
         raise ValueError(f"compose.yaml declares {DOCKER_INSTANCES} instances; "
                          f"N={config.instances} needs RUNTIME=native")
@@ -45,8 +45,9 @@ def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
         services[name]["extends"] = {"file": str(compose_file), "service": "web1"}
     # `store` is internal (no way out, no published ports): Redis joins a network of its own to be published.
     services["redis"] = {"ports": [f"127.0.0.1:{config.redis_port}:6379"], "networks": ["store", "redis-host"]}
-    services["farm-config"] = {"command": ["python", "-m", "farmctl", "render-docker", "--out", DOCKER_CONFIG_DIR,
-                                           "--instances", str(config.instances), "--balance", config.balance]}
+    # farm-config keeps compose.yaml's command (nginx.conf for web1..web3) whatever N: nginx restarts
+    # when it is recreated (`restart: true`), so `make scale` must not change it. The health
+    # service renders nginx.conf for its N at its start (farmctl/docker/health.py).
     services["nginx"] = {"depends_on": {name: {"condition": "service_healthy"} for name in names}}
     services["health"] = {"command": ["python", "-m", "farmctl.docker.health", "run",
                                       "--instances", str(config.instances), "--balance", config.balance]}

@@ -1,5 +1,5 @@
-"""Operations on farms of their own: make up / make down semantics, and under a real load, rolling
-restarts and scaling that drop nothing, POSTs included."""
+"""Operations: make up / make down semantics on farms of their own, and under a real load, rolling
+restarts and scaling that drop nothing, POSTs included (natively and under Docker)."""
 
 import socket
 import threading
@@ -128,10 +128,16 @@ def test_roll_restarts_every_instance_under_load_without_a_failed_request(ops_fa
 def test_scale_up_and_down_under_load_without_a_failed_request(ops_farm: Farm) -> None:
     bigger = open_farm(ops_farm.config.replace(instances=5), ops_farm.name)
     with steady_load(ops_farm.config.balancer_url) as load:
+        started = time.monotonic()
         bigger.up()
+        scaled_up = time.monotonic() - started
         time.sleep(1)
         assert {f"web{i}" for i in range(1, 6)} <= set(load.served_by)
+        started = time.monotonic()
         ops_farm.up()  # back to 3
+        scaled_down = time.monotonic() - started
+    print(f"{ops_farm.name}: 3 -> 5 in {scaled_up:.1f} s, 5 -> 3 in {scaled_down:.1f} s; "
+          f"{sum(load.statuses.values())} requests, {len(load.errors)} failed")
     assert_nothing_failed(load)
     assert [s.name for s in ops_farm.status() if s.name.startswith("web")] == ["web1", "web2", "web3"]
 
