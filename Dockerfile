@@ -34,8 +34,8 @@ EXPOSE 8000
 
 # Python's urllib (no curl, no wget in this slim image). With --restart-after, the check also
 # SIGKILLs an app hung that long, for the restart policy to replace (app/probe.py; needs `init: true`).
-HEALTHCHECK --interval=1s --timeout=3s --start-period=10s --retries=2 \
-    CMD ["python", "-m", "app.probe", "http://127.0.0.1:8000/healthz", "--restart-after", "7"]
+HEALTHCHECK --interval=2s --timeout=3s --start-period=10s --retries=2 \
+    CMD ["python", "-m", "app.probe", "http://127.0.0.1:8000/healthz", "--restart-after", "8"]
 
 # uvicorn with the farm's flags (app/__main__.py); FORWARDED_ALLOW_IPS comes from compose.yaml.
 CMD ["python", "-m", "app", "--host", "0.0.0.0", "--port", "8000"]

@@ -28,8 +28,8 @@ def test_exact_mode_counts_every_request_once_whichever_instance_serves_it(farm_
 
 
 def test_near_cache_mode_shows_no_count_it_cannot_keep_and_the_dashboard_never_steps_back(
-        farm: Farm) -> None:
-    with signed_in(farm.config.balancer_url) as client:
+        any_farm: Farm) -> None:
+    with signed_in(any_farm.config.balancer_url) as client:
         answers = [client.get("/api/me").json() for _ in range(30)]
         assert {a["served_by"] for a in answers} == {"web1", "web2", "web3"}
         assert {a["requests_in_session"] for a in answers} == {None}
