@@ -19,6 +19,8 @@ from typing import TypeVar, TypeVarTuple
 
 from anyio import CapacityLimiter
 
+from app.metrics import ADMISSION_REFUSED
+
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
@@ -39,11 +41,13 @@ class Admission:
         """Hold one of the slots for the block; Busy at once when the queue is full, or after `wait_s`."""
         stats = self.limiter.statistics()
         if stats.borrowed_tokens >= stats.total_tokens and stats.tasks_waiting >= self.queue:
+            ADMISSION_REFUSED.inc()
             raise Busy
         try:
             async with asyncio.timeout(self.wait_s):
                 await self.limiter.acquire()
         except TimeoutError:
+            ADMISSION_REFUSED.inc()
             raise Busy from None
         try:
             yield

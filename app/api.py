@@ -31,6 +31,7 @@ from app.deps import (
     same_origin,
     signed_in,
 )
+from app.metrics import ROUTE_KEY, SESSIONS_ENDED, STORE_ERRORS
 from app.middleware import STORE_UNAVAILABLE, send_json
 from app.redis_client import store_failed
 from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, PasswordChange, UserOut
@@ -63,6 +64,7 @@ async def refusals_explained() -> AsyncIterator[None]:
     except RedisError as exc:
         if (state := refusal(exc)) is None:
             raise
+        STORE_ERRORS.labels("refused").inc()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, state.refusal,
                             headers={"Retry-After": str(REFUSED_RETRY_AFTER_S)}) from exc
 
@@ -131,7 +133,7 @@ async def logout(request: Request, auth: AuthDep) -> Response:
 @state_changing.post("/api/logout/everywhere", status_code=204, tags=["auth"], responses=NEEDS_SESSION)
 async def logout_everywhere(request: Request, session: CurrentSession, store: StoreDep, auth: AuthDep) -> Response:
     """End every session of this user, on every instance and every device - logins in flight included."""
-    await store.delete_user(session.username)
+    SESSIONS_ENDED.labels("everywhere").inc(await store.delete_user(session.username))
     response = Response(status_code=204)
     auth.forget_cookie(request, response)
     return response
@@ -145,7 +147,8 @@ async def change_password(body: PasswordChange, request: Request, response: Resp
     password and have not finished included), this one gets a new id."""
     await auth.check_password(request, session.username, body.current_password)
     await users.set_password(session.username, body.new_password)
-    await store.delete_user(session.username)  # after the new hash is in place: see SessionStore
+    # After the new hash is in place (see SessionStore); this one ends too, and starts again below.
+    SESSIONS_ENDED.labels("password").inc(await store.delete_user(session.username))
     await auth.start_session(request, response, session.username, await store.epoch(session.username))
     return UserOut(username=session.username)
 
@@ -182,14 +185,17 @@ class WhoAmIMiddleware:
         if scope["type"] != "http" or scope["path"] != "/api/me" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
+        scope[ROUTE_KEY] = "/api/me"
         services = self.services
         key = services.auth.session_key(Request(scope))
         try:
             session = await services.sessions.identify(key) if key else None
         except RedisError as exc:
             if state := refusal(exc):
+                STORE_ERRORS.labels("refused").inc()
                 await send_json(send, 503, state.refusal, {"Retry-After": str(REFUSED_RETRY_AFTER_S)})
                 return
+            STORE_ERRORS.labels("unavailable").inc()
             await store_failed(services.redis, exc)
             await send_json(send, 503, STORE_UNAVAILABLE, {"Retry-After": "1"})
             return

@@ -5,7 +5,9 @@ import logging
 
 from fastapi import HTTPException, Request, Response, status
 
+from app.admission import Busy
 from app.config import Settings
+from app.metrics import SESSIONS_ENDED, SESSIONS_STARTED, SIGNINS
 from app.sessions import Session, SessionKey, SessionStore
 from app.throttle import LoginThrottle
 from app.users import UserStore
@@ -71,8 +73,17 @@ class Auth:
         """`check_password` for a sign-in, in an argon2 slot (app.admission) held for the check only:
         the session started next may wait for a replica (WAIT, up to REDIS_WAIT_TIMEOUT_MS), and
         that wait must not keep other sign-ins from hashing."""
-        async with self.users.admission.admit():
-            return await self.check_password(request, username, password)
+        try:
+            async with self.users.admission.admit():
+                epoch = await self.check_password(request, username, password)
+        except Busy:
+            SIGNINS.labels("busy").inc()
+            raise
+        except HTTPException as refused:
+            SIGNINS.labels("throttled" if refused.status_code == status.HTTP_429_TOO_MANY_REQUESTS else "wrong").inc()
+            raise
+        SIGNINS.labels("ok").inc()
+        return epoch
 
     async def start_session(self, request: Request, response: Response, username: str, epoch: int) -> Session:
         """Sign in: a fresh key every time, so a cookie planted before login is worth nothing."""
@@ -84,6 +95,7 @@ class Auth:
             raise HTTPException(status.HTTP_409_CONFLICT,
                                 "every session of this account was just ended; sign in again")
         key, session = started
+        SESSIONS_STARTED.inc()
         if not is_https(request) and not self._warned_plain_http:
             self._warned_plain_http = True
             log.warning("plain HTTP: session cookies go out without Secure (fine on loopback; use HTTPS elsewhere)")
@@ -96,6 +108,7 @@ class Auth:
         key = self.session_key(request)
         if key:
             await self.store.delete(key)
+            SESSIONS_ENDED.labels("logout").inc()
         self.forget_cookie(request, response)
 
     def forget_cookie(self, request: Request, response: Response) -> None:

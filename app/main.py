@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from app import api, pages, redis_client
 from app.admission import Busy
 from app.config import Settings, get_settings
+from app.metrics import STORE_ERRORS, MetricsMiddleware
 from app.middleware import (
     STORE_UNAVAILABLE,
     DeadlineMiddleware,
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_header_bytes=settings.max_header_bytes)
     app.add_middleware(TrustedProxyMiddleware, secret=settings.proxy_secret)
     app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=services.presence)
+    app.add_middleware(MetricsMiddleware)  # outermost: it counts what the others answer too
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RedisError)
     async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+        STORE_ERRORS.labels("unavailable").inc()
         await redis_client.store_failed(services.redis, exc)
         return JSONResponse({"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"})
 

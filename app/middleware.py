@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import PROXY_HEADER
+from app.metrics import STORE_ERRORS
 from app.presence import Presence
 
 log = logging.getLogger("webfarm")
@@ -73,6 +74,7 @@ class DeadlineMiddleware:
             if answered:  # it struck as the answer went out: that answer stands, nothing can follow it
                 return
             log.warning("%s %s: no answer within %.1f s, 503", scope["method"], scope["path"], self.seconds)
+            STORE_ERRORS.labels("deadline").inc()
             await send_json(send, 503, STORE_UNAVAILABLE, {"Retry-After": "1"})
 
 

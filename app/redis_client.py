@@ -27,6 +27,7 @@ The near cache's subscription must be on the node the data goes to (app.sessions
 """
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import Settings
+from app.metrics import REDIS_POOL_WAIT
 
 log = logging.getLogger("webfarm")
 
@@ -49,7 +51,20 @@ log = logging.getLogger("webfarm")
 Address = tuple[str, int]
 
 
-class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
+class TimedPool(BlockingConnectionPool):
+    """The single-Redis pool: waits (briefly) for a free connection when all are busy, and says how long."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        started = time.perf_counter()
+        try:
+            connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
+                *args, **kwargs)
+            return connection
+        finally:
+            REDIS_POOL_WAIT.observe(time.perf_counter() - started)
+
+
+class FailoverPool(SentinelConnectionPool, TimedPool):
     """A Sentinel-managed pool that waits briefly for a free connection when all are busy (as the
     single-Redis pool does) and keeps no connection to a former primary."""
 
@@ -76,7 +91,7 @@ def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
     a request's deadline (app.middleware) bounds the sum, whatever the request's number of calls."""
     if settings.redis_sentinels:
         return _connect_sentinel(settings)
-    pool = BlockingConnectionPool.from_url(
+    pool = TimedPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,

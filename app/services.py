@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
-from app import redis_client
+from app import metrics, redis_client
 from app.admission import Admission
 from app.auth import Auth
 from app.config import SessionBackend, Settings
@@ -46,6 +46,7 @@ class Services:
         subscriber = redis_client.connect_redis(settings, retries=0) if _near_cache(settings) else None
         sessions = _session_store(settings, redis, subscriber)
         admission = Admission(settings.argon2_concurrency, settings.argon2_queue, settings.argon2_queue_wait_s)
+        metrics.watch_admission(admission.limiter)
         users = UserStore(redis, settings.key_prefix,
                           PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib),
                           admission)
@@ -67,7 +68,7 @@ class Services:
             if self.subscriber is not None:
                 stack.push_async_callback(redis_client.close, self.subscriber)
             await stack.enter_async_context(self.sessions)
-            for job in (self.presence.run(), self._ensure_demo_user()):
+            for job in (self.presence.run(), self._ensure_demo_user(), metrics.watch_event_loop()):
                 task = asyncio.create_task(job)
                 stack.callback(task.cancel)
             yield

@@ -40,6 +40,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from app import redis_client
+from app.metrics import NEAR_CACHE, NEAR_CACHE_INVALIDATIONS
 from app.sessions.base import CartAdd, Session, SessionKey, SessionStore
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,9 @@ class NearCache(SessionStore):
         if entry and now - entry.cached_at < self.max_age_s \
                 and now < entry.session.created_at + self.limits.absolute_timeout_s:
             self.pending[key.id] += 1
+            NEAR_CACHE.labels("hit").inc()
             return replace(entry.session, requests=entry.session.requests + self.pending[key.id])
+        NEAR_CACHE.labels("miss").inc()
         generation = self.generation
         session = await self.store.identify(key)
         if session is not None and generation == self.generation and self.trusted():
@@ -201,9 +204,10 @@ class NearCache(SessionStore):
     def _drop(self, sid: str) -> None:
         self.generation += 1
         if sid == "*":
+            NEAR_CACHE_INVALIDATIONS.inc(len(self.entries))
             self.entries.clear()
-        else:
-            self.entries.pop(sid, None)
+        elif self.entries.pop(sid, None) is not None:
+            NEAR_CACHE_INVALIDATIONS.inc()
 
     async def listen(self) -> None:
         """Follow the invalidation channel; while it is down, the cache is not used."""
