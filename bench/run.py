@@ -153,7 +153,8 @@ def bench_farm(name: str, instances: int, session_backend: Literal["redis", "mem
     interrupted run is stopped and removed first)."""
     config = on_free_ports(FarmConfig(
         instances=instances, https_port=0, session_backend=session_backend, redis_mode="single",
-        balance="round_robin", demo_controls=False, extra_env=env or {}, state_dir=state_root / f"bench-{name}"))
+        balance="round_robin", demo_controls=False, extra_env=env or {}, state_dir=state_root / f"bench-{name}",
+        prometheus_port=0))  # no scraper beside what is measured
     open_farm(config, "native").down()
     shutil.rmtree(config.state_dir, ignore_errors=True)
     return config

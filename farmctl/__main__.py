@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             redis = ", Redis primary + replica + 3 Sentinels" if farm.config.sentinel else ""
             print(f"webfarm is up ({farm.name} runtime, {farm.config.instances} instances{redis}): "
                   f"{farm.config.balancer_url}{https}")
+            if farm.config.prometheus_port:
+                print(f"Prometheus: http://127.0.0.1:{farm.config.prometheus_port} (every instance's /metrics)")
         elif args.command == "down":
             farm.down()
             print("webfarm is down")

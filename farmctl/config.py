@@ -75,6 +75,8 @@ class FarmConfig(BaseSettings):
         LOOPBACK_HOSTS, description="the names nginx serves, with or without the port (comma-separated); any "
                                     "other Host is refused 421 before it reaches an instance")
     extra_env: dict[str, str] = Field(default_factory=dict, description="more variables for every instance")
+    prometheus_port: int = Field(9090, description="the farm's Prometheus (0: none, and no health metrics)")
+    health_port: int = Field(9091, description="the health loop's metrics, for the farm's Prometheus")
 
     @field_validator("sentinel_ports", mode="before")
     @classmethod
@@ -155,5 +157,6 @@ class FarmConfig(BaseSettings):
     @property
     def ports(self) -> list[int]:
         https = [self.https_port] if self.https_port else []
+        monitoring = [self.prometheus_port, self.health_port] if self.prometheus_port else []
         return [self.http_port, *https, *self.redis_nodes.values(), *self.sentinels.values(),
-                *(i.port for i in self.web)]
+                *(i.port for i in self.web), *monitoring]

@@ -33,17 +33,21 @@ def free_port_block(count: int) -> int:
     raise FarmError(f"no block of {count} free ports on 127.0.0.1")
 
 
-def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel: bool = False) -> dict[str, object]:
+def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel: bool = False,
+                monitoring: bool = False) -> dict[str, object]:
     """The ports of a farm in one free block: the balancer, Redis, HTTPS (if any), the instances
-    (with `spare` ports after them to scale into), then the replica and the three Sentinels (if any).
+    (with `spare` ports after them to scale into), then the replica and the three Sentinels (if
+    any), then Prometheus and the health loop's metrics (if any; else no Prometheus).
     Keys are FarmConfig's field names."""
-    size = 2 + https + instances + spare + 4 * sentinel
+    size = 2 + https + instances + spare + 4 * sentinel + 2 * monitoring
     base = free_port_block(size)
     ports: dict[str, object] = {"http_port": base, "redis_port": base + 1, "https_port": base + 2 if https else 0,
                                 "base_port": base + 2 + https}
     if sentinel:
-        replica = base + size - 4
+        replica = base + 3 + https + instances + spare - 1
         ports |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
+    last = base + size - 2
+    ports |= {"prometheus_port": last, "health_port": last + 1} if monitoring else {"prometheus_port": 0}
     return ports
 
 
@@ -51,4 +55,4 @@ def on_free_ports(config: FarmConfig, spare: int = 0) -> FarmConfig:
     """`config` moved to a block of free loopback ports (HTTPS only if it had HTTPS); `spare` free
     ports after the instances' leave room to scale up to instances + spare."""
     return config.replace(**free_layout(config.instances, https=bool(config.https_port), spare=spare,
-                                        sentinel=config.sentinel))
+                                        sentinel=config.sentinel, monitoring=bool(config.prometheus_port)))

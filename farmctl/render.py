@@ -11,6 +11,10 @@ from farmctl.config import APP_KEEPALIVE_S, NGINX_KEEPALIVE_S, PROJECT_ROOT, Ins
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "nginx.conf.j2"
 SENTINEL_TEMPLATE = Path(__file__).parent / "sentinel.conf.j2"
+PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus.yml.j2"
+PROMETHEUS_RULES = PROJECT_ROOT / "monitoring" / "rules.yml"
+#: How often the farm's Prometheus scrapes (and evaluates its rules).
+SCRAPE_INTERVAL_S = 2
 PROXY_SECRET_CONF = "proxy-secret.conf"  # noqa: S105 - a file name
 
 

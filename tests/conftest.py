@@ -23,7 +23,8 @@ FarmFactory = Callable[..., Farm]
 #: The make variables FarmConfig reads: the tests' farms are shaped by the tests, not by `make test N=5`.
 FARM_VARIABLES = ("N", "HTTP_PORT", "HTTPS_PORT", "BASE_PORT", "REDIS_PORT", "REDIS", "REPLICA_PORT",
                   "SENTINEL_PORTS", "SESSION_BACKEND", "BALANCE", "DEMO_CONTROLS", "STATE_DIR", "KEY_PREFIX",
-                  "RUNTIME", "ALLOWED_HOSTS", "ALLOWED_ORIGINS", "PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE")
+                  "RUNTIME", "ALLOWED_HOSTS", "ALLOWED_ORIGINS", "PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE",
+                  "PROMETHEUS_PORT", "HEALTH_PORT")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,8 +72,10 @@ def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory, runtime
     def start(instances: int = 3, start: bool = True, spare: int = 0, **options: object) -> Farm:
         # The tests register hundreds of users from 127.0.0.1; the tests of the limit set their own.
         extra_env = {"REGISTER_MAX_PER_ADDRESS": "100000", **options.pop("extra_env", {})}  # type: ignore[dict-item]
+        # No Prometheus unless the test asks (monitoring=True): each one scrapes the farm every 2 s.
+        prometheus_port = 9090 if options.pop("monitoring", False) else 0
         config = FarmConfig(instances=instances, state_dir=Path(tmp_path_factory.mktemp("farm")),
-                            extra_env=extra_env, **options)  # type: ignore[arg-type]
+                            extra_env=extra_env, prometheus_port=prometheus_port, **options)  # type: ignore[arg-type]
         return stack.enter_context(running_farm(on_free_ports(config, spare), runtime, start=start, timeout_s=180))
 
     return start

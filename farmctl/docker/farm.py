@@ -47,7 +47,8 @@ class DockerFarm:
             raise FarmError(f"compose.yaml declares {DOCKER_INSTANCES} instances (web1..web{DOCKER_INSTANCES}); "
                             f"N={config.instances} needs RUNTIME=native")
         # HTTP only: TLS terminates in front of a container farm (see README), so none is printed.
-        self.config = config.replace(https_port=0, redis_password=config.redis_password
+        # No Prometheus yet under Docker (a compose service to come): the instances' /metrics answer.
+        self.config = config.replace(https_port=0, prometheus_port=0, redis_password=config.redis_password
                                      or farm_secret(config.state_dir, "redis_password"))
         default = config.state_dir.resolve() == (PROJECT_ROOT / ".farm").resolve()
         self.project = "webfarm" if default else \

@@ -87,6 +87,8 @@ class NativeFarm:
         self.reload_nginx()
         for name in removed:
             self.supervisor.remove(name)
+        if "prometheus" in self.supervisor.processes() and "prometheus" not in added + changed:
+            self.supervisor.signal("prometheus", "HUP")  # re-read prometheus.yml: the instances to scrape
         for name in changed:
             if name in web:
                 self._replace_gracefully(name, reconfigure=True)
@@ -137,6 +139,10 @@ class NativeFarm:
     def out_of_rotation(self) -> dict[str, str]:
         return rotation.read(self.state_dir).out
 
+    def rotation_state(self) -> rotation.Rotation:
+        """Who is out of nginx's rotation: drained, and held out by the health loop."""
+        return rotation.read(self.state_dir)
+
     def set_out_of_rotation(self, out: dict[str, str]) -> None:
         """The health loop's verdict (farmctl/native/health.py): these instances, and only these, are
         held out. In force once the new workers run: the old ones may be waiting on a hung instance."""
@@ -185,6 +191,8 @@ class NativeFarm:
     def status(self) -> list[ProcessStatus]:
         ports = {i.name: i.port for i in self.config.web} | self.config.redis_nodes | self.config.sentinels | {
             "nginx": self.config.http_port}
+        ports |= {"prometheus": self.config.prometheus_port, "health": self.config.health_port} \
+            if self.config.prometheus_port else {}
         ha = self.config.replace(redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
         if not self.is_running():
             if left := self.supervisor.session():

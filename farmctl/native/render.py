@@ -12,7 +12,15 @@ from pathlib import Path
 from farmctl.config import PROJECT_ROOT, SENTINEL_MASTER, FarmConfig, Instance
 from farmctl.native import rotation
 from farmctl.native.redis_node import started_marker
-from farmctl.render import PROXY_SECRET_CONF, SENTINEL_TEMPLATE, render_nginx, render_template
+from farmctl.render import (
+    PROMETHEUS_RULES,
+    PROMETHEUS_TEMPLATE,
+    PROXY_SECRET_CONF,
+    SCRAPE_INTERVAL_S,
+    SENTINEL_TEMPLATE,
+    render_nginx,
+    render_template,
+)
 from farmctl.runtime import FarmError
 from farmctl.secret import csrf_secret, proxy_secret, proxy_secret_conf
 from farmctl.tls import certificate_paths, ensure_certificate
@@ -91,7 +99,15 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         sentinels=config.sentinels,
         instances=config.web,
         env=lambda inst: instance_env(config, inst),
+        prometheus=require_binary("prometheus") if config.prometheus_port else "",
+        prometheus_port=config.prometheus_port,
     )
+
+
+def render_prometheus(config: FarmConfig) -> str:
+    return render_template(PROMETHEUS_TEMPLATE, farm=config.state_dir.name, instances=config.web,
+                           health_port=config.health_port, prometheus_port=config.prometheus_port,
+                           rules=PROMETHEUS_RULES, scrape_interval_s=SCRAPE_INTERVAL_S)
 
 
 def render_sentinel(config: FarmConfig, port: int) -> str:
@@ -127,10 +143,13 @@ def write_configs(config: FarmConfig, starting: bool) -> None:
         supervisord_conf = render_supervisord(config, sys.executable)
     except FileNotFoundError as missing:
         raise FarmError(
-            f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server"
+            f"'{missing}' is not installed. On Debian/Ubuntu: sudo apt-get install -y nginx-light redis-server "
+            "prometheus (or PROMETHEUS_PORT=0: no Prometheus)"
         ) from None
     (config.state_dir / "supervisord.conf").write_text(supervisord_conf)
     (config.state_dir / "farm.json").write_text(config.model_dump_json())  # for farmctl/native/health.py
+    if config.prometheus_port:
+        (config.state_dir / "prometheus.yml").write_text(render_prometheus(config))
     secret_conf = proxy_secret_path(config.state_dir)
     secret_conf.touch(0o600)
     secret_conf.write_text(proxy_secret_conf(proxy_secret(config.state_dir)))

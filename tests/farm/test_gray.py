@@ -76,7 +76,7 @@ def gray_farm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "docker":
         yield request.getfixturevalue("docker_farm")
         return
-    config = FarmConfig(instances=3, state_dir=tmp_path_factory.mktemp("gray"),
+    config = FarmConfig(instances=3, state_dir=tmp_path_factory.mktemp("gray"), prometheus_port=0,
                         extra_env={"REGISTER_MAX_PER_ADDRESS": "100000"})
     with running_farm(on_free_ports(config), "native") as farm:
         yield farm

@@ -44,6 +44,8 @@ def test_on_free_ports_moves_every_port_and_keeps_the_rest() -> None:
     assert all(port_is_free(p) for p in moved.ports)
     assert not set(moved.ports) & set(config.ports)
     assert len(set(moved.ports)) == len(moved.ports)
-    assert moved.replace(instances=6).ports[-1] < moved.replica_port  # the spare ports lie before the replica's
+    # The spare ports lie before the replica's, and Prometheus' after the Sentinels'.
+    assert max(i.port for i in moved.replace(instances=6).web) < moved.replica_port
+    assert max(moved.sentinel_ports) < moved.prometheus_port < moved.health_port
     assert (moved.instances, moved.balance, moved.state_dir) == (4, "sticky", config.state_dir)
     assert on_free_ports(FarmConfig(https_port=0)).https_port == 0
