@@ -75,8 +75,11 @@ class FarmConfig(BaseSettings):
         LOOPBACK_HOSTS, description="the names nginx serves, with or without the port (comma-separated); any "
                                     "other Host is refused 421 before it reaches an instance")
     extra_env: dict[str, str] = Field(default_factory=dict, description="more variables for every instance")
-    prometheus_port: int = Field(9090, description="the farm's Prometheus (0: none, and no health metrics)")
-    health_port: int = Field(9091, description="the health loop's metrics, for the farm's Prometheus")
+    prometheus_port: int = Field(9090, description="the farm's Prometheus (0: none, and none of the four below)")
+    health_port: int = Field(9091, description="the health loop's metrics")
+    nginx_status_port: int = Field(9092, description="nginx's stub_status, for its exporter only")
+    nginx_exporter_port: int = 9093
+    redis_exporter_port: int = Field(9094, description="one exporter for every Redis node and Sentinel (/scrape)")
 
     @field_validator("sentinel_ports", mode="before")
     @classmethod
@@ -157,6 +160,13 @@ class FarmConfig(BaseSettings):
     @property
     def ports(self) -> list[int]:
         https = [self.https_port] if self.https_port else []
-        monitoring = [self.prometheus_port, self.health_port] if self.prometheus_port else []
         return [self.http_port, *https, *self.redis_nodes.values(), *self.sentinels.values(),
-                *(i.port for i in self.web), *monitoring]
+                *(i.port for i in self.web), *self.monitoring.values()]
+
+    @property
+    def monitoring(self) -> dict[str, int]:
+        """Supervisor program name (or nginx's status server) -> port, with a Prometheus; else none."""
+        if not self.prometheus_port:
+            return {}
+        return {"prometheus": self.prometheus_port, "health": self.health_port, "nginx-status": self.nginx_status_port,
+                "nginx-exporter": self.nginx_exporter_port, "redis-exporter": self.redis_exporter_port}

@@ -39,15 +39,16 @@ def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel:
     (with `spare` ports after them to scale into), then the replica and the three Sentinels (if
     any), then Prometheus and the health loop's metrics (if any; else no Prometheus).
     Keys are FarmConfig's field names."""
-    size = 2 + https + instances + spare + 4 * sentinel + 2 * monitoring
+    size = 2 + https + instances + spare + 4 * sentinel + 5 * monitoring
     base = free_port_block(size)
     ports: dict[str, object] = {"http_port": base, "redis_port": base + 1, "https_port": base + 2 if https else 0,
                                 "base_port": base + 2 + https}
     if sentinel:
         replica = base + 3 + https + instances + spare - 1
         ports |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
-    last = base + size - 2
-    ports |= {"prometheus_port": last, "health_port": last + 1} if monitoring else {"prometheus_port": 0}
+    first = base + size - 5
+    names = ("prometheus_port", "health_port", "nginx_status_port", "nginx_exporter_port", "redis_exporter_port")
+    ports |= {name: first + i for i, name in enumerate(names)} if monitoring else {"prometheus_port": 0}
     return ports
 
 

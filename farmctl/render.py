@@ -28,7 +28,9 @@ def render_template(template: Path, **values: object) -> str:
 
 
 def render_nginx(runtime: str, **values: object) -> str:
-    """nginx/nginx.conf.j2 for `runtime`, with the timeouts every runtime shares."""
+    """nginx/nginx.conf.j2 for `runtime`, with the timeouts every runtime shares; `status_port`:
+    a loopback server of nginx's stub_status for the farm's exporter (natively, with a Prometheus)."""
+    values.setdefault("status_port", 0)
     return render_template(
         NGINX_TEMPLATE,
         runtime=runtime,

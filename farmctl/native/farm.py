@@ -79,7 +79,7 @@ class NativeFarm:
         web = {i.name for i in self.config.web}
         for name in added:
             self.supervisor.add(name)
-        self._wait_serving(added)
+        self._wait_serving([name for name in added if name in web])
         for name in changed:
             if name not in web:  # Redis, a Sentinel or nginx itself: no way around a restart
                 self.supervisor.remove(name)
@@ -191,8 +191,7 @@ class NativeFarm:
     def status(self) -> list[ProcessStatus]:
         ports = {i.name: i.port for i in self.config.web} | self.config.redis_nodes | self.config.sentinels | {
             "nginx": self.config.http_port}
-        ports |= {"prometheus": self.config.prometheus_port, "health": self.config.health_port} \
-            if self.config.prometheus_port else {}
+        ports |= self.config.monitoring
         ha = self.config.replace(redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
         if not self.is_running():
             if left := self.supervisor.session():

@@ -26,6 +26,8 @@ from farmctl.secret import csrf_secret, proxy_secret, proxy_secret_conf
 from farmctl.tls import certificate_paths, ensure_certificate
 
 SUPERVISORD_TEMPLATE = Path(__file__).parent / "supervisord.conf.j2"
+#: What the farm's monitoring runs (Debian's packages prometheus, prometheus-nginx-exporter, prometheus-redis-exporter).
+MONITORING_BINARIES = ("prometheus", "prometheus-nginx-exporter", "prometheus-redis-exporter")
 #: Redis's memory policy. A limit of its own, so that a full store refuses writes (OOM) instead of
 #: the kernel killing it; and noeviction, so that no session is ever evicted silently - a full Redis
 #: still serves reads and deletes (logouts), and frees memory as sessions expire.
@@ -52,6 +54,7 @@ def render_nginx_native(config: FarmConfig, down: Collection[str] = ()) -> str:
         static_dir=PROJECT_ROOT / "app" / "static",
         # nginx started by root drops its workers to `nobody`, who cannot read a private state dir.
         run_as=getpass.getuser() if os.geteuid() == 0 else None,
+        status_port=config.monitoring.get("nginx-status", 0),
     )
 
 
@@ -99,14 +102,14 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         sentinels=config.sentinels,
         instances=config.web,
         env=lambda inst: instance_env(config, inst),
-        prometheus=require_binary("prometheus") if config.prometheus_port else "",
-        prometheus_port=config.prometheus_port,
+        monitoring=config.monitoring,
+        binaries={name: require_binary(name) for name in MONITORING_BINARIES} if config.monitoring else {},
     )
 
 
 def render_prometheus(config: FarmConfig) -> str:
     return render_template(PROMETHEUS_TEMPLATE, farm=config.state_dir.name, instances=config.web,
-                           health_port=config.health_port, prometheus_port=config.prometheus_port,
+                           monitoring=config.monitoring, redis_nodes=config.redis_nodes, sentinels=config.sentinels,
                            rules=PROMETHEUS_RULES, scrape_interval_s=SCRAPE_INTERVAL_S)
 
 

@@ -1,7 +1,8 @@
 """The farm's Prometheus (monitoring/): its rendered config and rules pass promtool, and on a real
-farm it scrapes every instance and the health loop - the server-side request rate per instance
-equals what was sent, an instance added by `make scale` is scraped without a hand edit, and a hung
-instance shows as out of the rotation within a scrape or two."""
+farm it scrapes every instance, the health loop, nginx's and Redis' exporters (and the Sentinels)
+- the server-side request count per instance equals what was sent, an instance added by `make
+scale` is scraped without a hand edit, a hung instance shows as out of the rotation within a scrape
+or two, and a Redis failover shows in the Sentinels' view."""
 
 import shutil
 import subprocess
@@ -52,12 +53,14 @@ def test_a_broken_rule_fails_its_unit_test(tmp_path: Path) -> None:
 
 
 def query(farm: Farm, expr: str) -> dict[str, float]:
-    """An instant query's result, by farm_instance (or job)."""
+    """An instant query's result, by farm_instance (or farm_node, or job)."""
     response = httpx.get(f"http://127.0.0.1:{farm.config.prometheus_port}/api/v1/query", params={"query": expr},
                          timeout=5)
     assert response.status_code == 200, response.text
-    return {r["metric"].get("farm_instance", r["metric"].get("job", "")): float(r["value"][1])
-            for r in response.json()["data"]["result"]}
+    def key(labels: dict[str, str]) -> str:
+        return labels.get("farm_instance") or labels.get("farm_node") or labels.get("job", "")
+
+    return {key(r["metric"]): float(r["value"][1]) for r in response.json()["data"]["result"]}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def test_prometheus_sees_every_instance_and_what_each_was_sent(watched_farm: Far
     farm = watched_farm
     assert wait_until(lambda: query(farm, 'up{job="webfarm"}') == {i.name: 1.0 for i in farm.config.web}, 15), \
         query(farm, "up")
-    assert query(farm, 'up{job="webfarm-health"}') == {"webfarm-health": 1.0}
+    assert wait_until(lambda: query(farm, 'up{job="webfarm-health"}') == {"webfarm-health": 1.0}, 15)
     expr = 'sum by (farm_instance) (webfarm_http_requests_total{route="/api/me"})'
     sent = {inst.name: 10 * (i + 1) for i, inst in enumerate(farm.config.web)}
     before = query(farm, expr)
@@ -88,6 +91,20 @@ def test_prometheus_sees_every_instance_and_what_each_was_sent(watched_farm: Far
     # The recording rules evaluate: a per-instance rate and p99 for each instance.
     assert wait_until(lambda: set(query(farm, "farm_instance:webfarm_http_requests:rate1m")) == set(sent),
                       4 * SCRAPE_INTERVAL_S, interval_s=0.5)
+
+
+def test_the_balancer_and_the_store_are_scraped_through_their_exporters(watched_farm: Farm) -> None:
+    farm = watched_farm
+    assert wait_until(lambda: query(farm, 'up{job=~"nginx|redis"}') == {"nginx": 1.0, "redis": 1.0}, 15), \
+        query(farm, "up")
+    assert query(farm, 'redis_up{farm_node="redis"}') == {"redis": 1.0}
+    expr = "nginx_http_requests_total"
+    before = query(farm, expr)["nginx"]
+    with httpx.Client(base_url=farm.config.balancer_url) as client:
+        for _ in range(20):
+            client.get("/healthz")
+    # stub_status counts every request, the exporter's and the health loop's included: at least these.
+    assert wait_until(lambda: query(farm, expr)["nginx"] - before >= 20, 4 * SCRAPE_INTERVAL_S, interval_s=0.5)
 
 
 def test_a_hung_instance_shows_out_of_the_rotation_within_a_scrape(watched_farm: Farm) -> None:
@@ -105,6 +122,23 @@ def test_a_hung_instance_shows_out_of_the_rotation_within_a_scrape(watched_farm:
     assert held == {"web2": 1.0}
     assert seen < 1.5 + 2 * SCRAPE_INTERVAL_S  # the health loop's ~1.5 s, then the next scrape
     assert wait_until(lambda: query(farm, "webfarm_health_in_rotation == 0") == {}, 15, interval_s=0.2)
+
+
+def test_the_sentinels_view_shows_a_failover(farm_factory: FarmFactory) -> None:
+    """REDIS=sentinel: each Sentinel is scraped; once the primary is SIGKILLed and replaced, their
+    view names a second address within the alert's window (WebfarmRedisFailover's expression)."""
+    farm = farm_factory(2, redis_mode="sentinel", monitoring=True)
+    addresses = 'count by (master_name) (count by (master_name, master_address) ' \
+                '(count_over_time(redis_sentinel_master_status{job="redis"}[10m])))'
+    assert wait_until(lambda: len(query(farm, 'redis_sentinel_master_status{job="redis"}')) == 3, 15), \
+        query(farm, 'up{job="redis"}')
+    assert query(farm, addresses) == {"": 1.0}
+    old = farm.redis_primary()
+    farm.kill(old or "redis", "KILL")
+    assert wait_until(lambda: farm.redis_primary() not in (None, old), 30)
+    assert wait_until(lambda: query(farm, addresses) == {"": 2.0}, 5 * SCRAPE_INTERVAL_S, interval_s=0.5), \
+        query(farm, 'redis_sentinel_master_status{job="redis"}')
+    farm.wait_healthy()
 
 
 def scraped(farm: Farm) -> set[str]:

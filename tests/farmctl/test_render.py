@@ -166,6 +166,10 @@ def test_render_only_the_allowed_hosts_reach_the_instances(config: FarmConfig) -
     for block in SERVER_BLOCK.findall(rendered):
         [port] = re.findall(r"^\s*listen 127\.0\.0\.1:(\d+)\b", block, re.M)
         by_port.setdefault(port, []).append(block)
+    # nginx's status server, for its exporter: loopback, stub_status and nothing else (no instance behind it).
+    [status] = by_port.pop(str(config.nginx_status_port))
+    assert "stub_status;" in status
+    assert "proxy_pass" not in status
     assert set(by_port) == {str(config.http_port), str(config.https_port)}
     for blocks in by_port.values():
         [refusing] = [b for b in blocks if re.search(r"^\s*listen \S+( ssl)? default_server;", b, re.M)]

@@ -23,7 +23,8 @@ def programs(config: FarmConfig) -> dict[str, configparser.SectionProxy]:
 def test_render_single_mode_with_one_redis_and_no_sentinel(tmp_path: Path) -> None:
     config = FarmConfig(instances=2, state_dir=tmp_path)
     rendered = programs(config)
-    assert set(rendered) == {"redis", "web1", "web2", "nginx", "health", "prometheus"}
+    assert set(rendered) == {"redis", "web1", "web2", "nginx", "health", "prometheus", "nginx-exporter",
+                             "redis-exporter"}
     prometheus = rendered["prometheus"]["command"].split()
     assert f"--web.listen-address=127.0.0.1:{config.prometheus_port}" in prometheus  # loopback only
     assert "--storage.tsdb.retention.time=6h" in prometheus
@@ -40,7 +41,7 @@ def test_render_sentinel_mode_with_replica_and_three_sentinels(tmp_path: Path) -
                         state_dir=tmp_path)
     rendered = programs(config)
     assert set(rendered) == {"redis", "redis-replica", "sentinel1", "sentinel2", "sentinel3", "web1", "web2", "nginx",
-                             "health", "prometheus"}
+                             "health", "prometheus", "nginx-exporter", "redis-exporter"}
     for name, port in config.redis_nodes.items():
         argv = rendered[name]["command"].split()
         assert argv[1:3] == ["-m", "farmctl.native.redis_node"]
