@@ -28,7 +28,7 @@ $(K8S_VENV)/.installed: k8s/requirements.lock
 	@touch $@
 
 prereqs:
-	@farmctl/prereqs.sh nginx redis-server prometheus
+	@farmctl/prereqs.sh nginx redis-server prometheus prometheus-nginx-exporter prometheus-redis-exporter
 
 up: prereqs $(VENV)/.installed ## start the farm (N=3, DEMO_CONTROLS=1 for the crash button, REDIS=sentinel for HA Redis)
 	@DEMO_CONTROLS=$${DEMO_CONTROLS:-1} $(PY) -m farmctl up
@@ -57,7 +57,8 @@ lint: $(VENV)/.installed ## ruff and mypy --strict
 	$(VENV)/bin/mypy
 
 test: $(K8S_VENV)/.installed ## install what is missing, lint, then every test against real farms (natively and under Docker)
-	@farmctl/prereqs.sh nginx redis-server chromium wrk iptables prometheus promtool
+	@farmctl/prereqs.sh nginx redis-server chromium wrk iptables prometheus promtool prometheus-nginx-exporter \
+		prometheus-redis-exporter
 	@# The Docker farms' engine and image builder (tests/conftest.py starts dockerd for the run if none answers).
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then farmctl/prereqs.sh dockerd mmdebstrap; fi
 	@$(MAKE) --no-print-directory lint

@@ -15,7 +15,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts the packaged services on install; the farm runs its own on other ports.
-  for svc in nginx redis-server prometheus; do
+  for svc in nginx redis-server prometheus prometheus-nginx-exporter prometheus-redis-exporter; do
     (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
   done
   exit 0
