@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(
         0.25, gt=0, description="/readyz answers 503 when Redis has not answered a PING within this.")
     key_prefix: str = Field("webfarm", description="Prefix of every Redis key.")
+    metrics: bool = Field(True, description="Count and time every request for /metrics (off: to measure the cost).")
 
     session_backend: SessionBackend = SessionBackend.REDIS
     session_cookie: str = Field(SESSION_COOKIE, description="Name of the session cookie.")

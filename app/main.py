@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_header_bytes=settings.max_header_bytes)
     app.add_middleware(TrustedProxyMiddleware, secret=settings.proxy_secret)
     app.add_middleware(ServedByMiddleware, instance=settings.instance_name, presence=services.presence)
-    app.add_middleware(MetricsMiddleware)  # outermost: it counts what the others answer too
+    if settings.metrics:
+        app.add_middleware(MetricsMiddleware)  # outermost: it counts what the others answer too
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ sets: route templates, methods, status codes, and the reasons named here."""
 
 import asyncio
 import time
+from typing import Any
 
 from anyio import CapacityLimiter
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -26,6 +27,7 @@ UNROUTED = "(unrouted)"
 #: Where a handler that answers before the router (app.api.WhoAmIMiddleware) puts its route template.
 ROUTE_KEY = "webfarm.route"
 METRICS_PATH = "/metrics"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The text format Prometheus 2.x reads (the client's default, 1.0.0, is for UTF-8 names we do not use).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -64,10 +66,18 @@ def route_of(scope: Scope) -> str:
 
 class MetricsMiddleware:
     """Counts and times every HTTP request (the outermost middleware: the limits' 413s and the
-    deadline's 503s included), and answers GET /metrics itself."""
+    deadline's 503s included), and answers GET /metrics itself.
+
+    On the hot path (GET /api/me, ~150 us of CPU) the client library's per-call costs show: so each
+    label set's children are looked up once and kept, and requests in flight are a plain count
+    (one event loop: no lock needed) that the gauge reads at each scrape."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.in_flight = 0
+        IN_FLIGHT.set_function(lambda: self.in_flight)
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,14 +94,21 @@ class MetricsMiddleware:
                 code = message["status"]
             await send(message)
 
-        IN_FLIGHT.inc()
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send_counted)
         finally:
-            IN_FLIGHT.dec()
+            self.in_flight -= 1
             route, method = route_of(scope), scope["method"]
-            REQUESTS.labels(route, method, str(code)).inc()
-            LATENCY.labels(route, method).observe(time.perf_counter() - started)
+            method = method if method in METHODS else "OTHER"  # what reaches an instance directly is any token
+            counter = self._counters.get((route, method, code))
+            if counter is None:
+                counter = self._counters[route, method, code] = REQUESTS.labels(route, method, str(code))
+            timer = self._timers.get((route, method))
+            if timer is None:
+                timer = self._timers[route, method] = LATENCY.labels(route, method)
+            counter.inc()
+            timer.observe(time.perf_counter() - started)
 
 
 async def _exposition(send: Send) -> None:
