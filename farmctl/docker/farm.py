@@ -129,7 +129,8 @@ class DockerFarm:
                                 f"packages, and prints the variables that make the farm use them.") from exc
             raise
         self.wait_healthy(timeout_s)  # `up --wait` has been seen returning 0 with nginx never started
-        self._wait_rotation(timeout_s)
+        if not running:  # a farm already up keeps its health service (and its rotation file) as it was
+            self._wait_rotation(timeout_s)
 
     def _scale(self, running: list[str], timeout_s: float) -> None:
         """As natively: new instances serve before nginx sends them anything, and nginx sends nothing

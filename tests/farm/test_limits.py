@@ -167,19 +167,21 @@ def slowest_command_us(store: redis.Redis) -> int:
     return max((int(entry["duration"]) for entry in store.slowlog_get(128)), default=0)
 
 
-def test_one_account_signed_in_20000_times_keeps_a_cap_and_signs_out_in_milliseconds(any_farm: Farm) -> None:
+def test_one_account_signed_in_20000_times_keeps_a_cap_and_signs_out_in_milliseconds(farm: Farm) -> None:
     """The cap ends the oldest sessions as new ones start, so what sign-out-everywhere and a password
     change have to end stays small whatever the number of logins: each answers well inside the
-    request deadline, blocks Redis for a few milliseconds at most, and a bystander does not notice."""
-    base, prefix, username = any_farm.config.balancer_url, any_farm.config.key_prefix, new_username()
-    with redis.Redis.from_url(any_farm.config.redis_url, decode_responses=True) as store, \
+    request deadline, blocks Redis for a few milliseconds at most, and a bystander does not notice.
+    Natively only: it is the store's scripts that it measures, the same under any runtime (17 s more
+    of `make test` under Docker, for the same figures)."""
+    base, prefix, username = farm.config.balancer_url, farm.config.key_prefix, new_username()
+    with redis.Redis.from_url(farm.config.redis_url, decode_responses=True) as store, \
             client_from(base) as owner:
         slower_than = store.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
         store.config_set("slowlog-log-slower-than", SLOW_COMMAND_US)
         try:
             register(owner, username)
             for end in ("password", "everywhere"):
-                sessions = sign_in_many(any_farm.config.redis_url, prefix, username, 20_000)
+                sessions = sign_in_many(farm.config.redis_url, prefix, username, 20_000)
                 assert login(owner, username, *(("n" * 12,) if end == "everywhere" else ())).status_code == 200
                 still = alive(store, prefix, sessions)
                 assert still < Settings().session_max_per_account, still
