@@ -21,6 +21,9 @@ APP_KEEPALIVE_S = KEEPALIVE_S
 NGINX_KEEPALIVE_S = 60
 #: The name under which the Sentinels monitor the primary (REDIS=sentinel).
 SENTINEL_MASTER = "webfarm"
+#: FarmConfig's ports of the farm's monitoring, in the order free_layout gives them out.
+MONITORING_PORTS = ("prometheus_port", "health_port", "nginx_status_port", "nginx_exporter_port",
+                    "redis_exporter_port")
 #: The environment variable that carries a whole FarmConfig to another process, as JSON.
 CONFIG_VARIABLE = "WEBFARM_FARM_CONFIG"
 #: A name nginx's server_name takes literally: a DNS name, an IPv4 address or a bracketed IPv6 one.

@@ -4,7 +4,7 @@ import random
 import socket
 from pathlib import Path
 
-from farmctl.config import FarmConfig
+from farmctl.config import MONITORING_PORTS, FarmConfig
 from farmctl.runtime import FarmError
 
 
@@ -37,18 +37,17 @@ def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel:
                 monitoring: bool = False) -> dict[str, object]:
     """The ports of a farm in one free block: the balancer, Redis, HTTPS (if any), the instances
     (with `spare` ports after them to scale into), then the replica and the three Sentinels (if
-    any), then Prometheus and the health loop's metrics (if any; else no Prometheus).
-    Keys are FarmConfig's field names."""
-    size = 2 + https + instances + spare + 4 * sentinel + 5 * monitoring
+    any), then the monitoring's (if any; else no Prometheus). Keys are FarmConfig's field names."""
+    size = 2 + https + instances + spare + 4 * sentinel + len(MONITORING_PORTS) * monitoring
     base = free_port_block(size)
+    base_port = base + 2 + https
     ports: dict[str, object] = {"http_port": base, "redis_port": base + 1, "https_port": base + 2 if https else 0,
-                                "base_port": base + 2 + https}
+                                "base_port": base_port}
     if sentinel:
-        replica = base + 3 + https + instances + spare - 1
+        replica = base_port + instances + spare
         ports |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
-    first = base + size - 5
-    names = ("prometheus_port", "health_port", "nginx_status_port", "nginx_exporter_port", "redis_exporter_port")
-    ports |= {name: first + i for i, name in enumerate(names)} if monitoring else {"prometheus_port": 0}
+    first = base + size - len(MONITORING_PORTS)
+    ports |= {name: first + i for i, name in enumerate(MONITORING_PORTS)} if monitoring else {"prometheus_port": 0}
     return ports
 
 

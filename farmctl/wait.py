@@ -29,3 +29,11 @@ def answers(url: str, timeout_s: float = 1.0) -> bool:
         return httpx.get(url, timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def balancer_answers(balancer_url: str, through: str, instances_serve: bool) -> bool:
+    """Whether nginx answers: through an instance (`through`, a path it proxies) once every instance
+    serves, before that with a file of its own. Asked through, nginx would try an instance still
+    starting, and a refused connection takes that instance out of the worker's rotation for
+    fail_timeout (5 s) - a farm "healthy" with web1 skipped, as a fresh-clone CI saw."""
+    return answers(f"{balancer_url}{through if instances_serve else '/static/style.css'}")

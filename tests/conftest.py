@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from farmctl.config import PROJECT_ROOT, FarmConfig
+from farmctl.config import MONITORING_PORTS, PROJECT_ROOT, FarmConfig
 from farmctl.docker import engine_available
 from farmctl.lifecycle import running_farm
 from farmctl.ports import free_port_block, on_free_ports
@@ -24,7 +24,7 @@ FarmFactory = Callable[..., Farm]
 FARM_VARIABLES = ("N", "HTTP_PORT", "HTTPS_PORT", "BASE_PORT", "REDIS_PORT", "REDIS", "REPLICA_PORT",
                   "SENTINEL_PORTS", "SESSION_BACKEND", "BALANCE", "DEMO_CONTROLS", "STATE_DIR", "KEY_PREFIX",
                   "RUNTIME", "ALLOWED_HOSTS", "ALLOWED_ORIGINS", "PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE",
-                  "PROMETHEUS_PORT", "HEALTH_PORT")
+                  *(field.upper() for field in MONITORING_PORTS))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,7 +26,7 @@ from farmctl.docker.engine import compose_command
 from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, compose_override, config_dir_of
 from farmctl.runtime import Capability, FarmError, ProcessStatus, require
 from farmctl.secret import csrf_secret, farm_secret, proxy_secret
-from farmctl.wait import answers, wait_until
+from farmctl.wait import answers, balancer_answers, wait_until
 
 #: The app's process in a web container: the only child of its init (`init: true`).
 APP_PID = "$(cat /proc/1/task/1/children)"
@@ -308,8 +308,7 @@ class DockerFarm:
 
     def unhealthy(self) -> list[str]:
         bad = [name for name in self.instance_names() if not self.is_serving(name)]
-        # nginx's own file until every instance serves (see NativeFarm.unhealthy), then through it.
-        return bad if answers(f"{self.config.balancer_url}{'/static/style.css' if bad else '/readyz'}") \
+        return bad if balancer_answers(self.config.balancer_url, "/readyz", instances_serve=not bad) \
             else [*bad, "nginx"]
 
     def wait_healthy(self, timeout_s: float = 60) -> None:

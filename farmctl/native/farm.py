@@ -19,7 +19,7 @@ from farmctl.native.render import render_nginx_native, write_configs
 from farmctl.native.supervisor import Supervisor, terminate
 from farmctl.ports import port_is_free
 from farmctl.runtime import UNSUPERVISED, Capability, FarmError, ProcessStatus
-from farmctl.wait import answers, wait_until
+from farmctl.wait import answers, balancer_answers, wait_until
 
 
 class NativeFarm:
@@ -136,12 +136,12 @@ class NativeFarm:
 
         self.reload_nginx(back)
 
-    def out_of_rotation(self) -> dict[str, str]:
-        return rotation.read(self.state_dir).out
-
     def rotation_state(self) -> rotation.Rotation:
         """Who is out of nginx's rotation: drained, and held out by the health loop."""
         return rotation.read(self.state_dir)
+
+    def out_of_rotation(self) -> dict[str, str]:
+        return self.rotation_state().out
 
     def set_out_of_rotation(self, out: dict[str, str]) -> None:
         """The health loop's verdict (farmctl/native/health.py): these instances, and only these, are
@@ -270,10 +270,7 @@ class NativeFarm:
         # Held out by the health loop (a probe that timed out while the machine was busy starting
         # it): not healthy yet, or the first requests would all go to the others.
         bad += [name for name in self.out_of_rotation() if name not in bad]
-        # Through nginx to an instance only once every instance serves: nginx would try one still
-        # starting, and a refused connection takes it out of that worker's rotation for fail_timeout
-        # (5 s) - a farm "healthy" with web1 skipped, as a fresh-clone CI saw. Before, nginx's own file.
-        if not answers(f"{self.config.balancer_url}{'/static/style.css' if bad else '/healthz'}", 1):
+        if not balancer_answers(self.config.balancer_url, "/healthz", instances_serve=not bad):
             bad.append("nginx")
         if not answers(f"{self.config.web[0].url}/readyz", 2):
             bad.append("redis")

@@ -33,12 +33,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from farmctl.config import FarmConfig
-from farmctl.health import LIVENESS_S, PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, decide, probe
+from farmctl.health import LIVENESS_S, PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, Probe, decide, probe
 from farmctl.native.farm import NativeFarm
 
 log = logging.getLogger("health")
 #: Why an instance is out of nginx's rotation: the loop's verdicts, or a graceful operation's drain.
-REASONS = ("timeout", "unready", "draining")
+REASONS = (Probe.TIMEOUT.value, Probe.UNREADY.value, "draining")
 
 
 class HealthLoop:

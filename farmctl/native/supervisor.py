@@ -124,9 +124,12 @@ class Supervisor:
                     self.rpc.stopProcess(name, False)
                 except xmlrpc.client.Fault:  # it stopped by itself meanwhile
                     continue
-            wait_until(lambda: all(self.processes()[n]["statename"] in STOPPED for n in group),  # noqa: B023
-                       timeout_s, interval_s=0.05)
+            wait_until(lambda: self._all_stopped(group), timeout_s, interval_s=0.05)  # noqa: B023
         self.rpc.shutdown()
+
+    def _all_stopped(self, names: list[str]) -> bool:
+        processes = self.processes()
+        return all(processes[name]["statename"] in STOPPED for name in names)
 
     def wait_exited(self, timeout_s: float) -> bool:
         """Whether the last supervisord started here is gone (at once if it is; a shut down one exits
