@@ -29,8 +29,9 @@ def render_template(template: Path, **values: object) -> str:
 
 def render_nginx(runtime: str, **values: object) -> str:
     """nginx/nginx.conf.j2 for `runtime`, with the timeouts every runtime shares; `status_port`:
-    a loopback server of nginx's stub_status for the farm's exporter (natively, with a Prometheus)."""
+    a server of nginx's stub_status for the farm's exporter, on `status_host` (loopback by default)."""
     values.setdefault("status_port", 0)
+    values.setdefault("status_host", "127.0.0.1")
     return render_template(
         NGINX_TEMPLATE,
         runtime=runtime,
