@@ -1,5 +1,5 @@
-# One web instance of the farm. The same image also renders the Docker nginx and Sentinel configs
-# (the farm-config service in compose.yaml), hence farmctl/ and nginx/ below.
+# One web instance of the farm. The same image also renders the Docker nginx, Sentinel and Prometheus
+# configs (the farm-config service in compose.yaml), hence farmctl/, nginx/ and monitoring/ below.
 # The base is a setting: the official image by default; `make images` builds a stand-in from
 # Debian's packages where no registry answers (farmctl/docker/standins.sh).
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -28,6 +28,7 @@ RUN groupadd --gid 10001 app \
 COPY app/ app/
 COPY farmctl/ farmctl/
 COPY nginx/ nginx/
+COPY monitoring/ monitoring/
 
 USER app
 EXPOSE 8000

@@ -75,6 +75,8 @@ compare: prereqs $(VENV)/.installed ## the same load test under in-proc, sticky 
 images: ## build stand-ins for compose.yaml's images from Debian's packages (no registry needed)
 	@farmctl/docker/standins.sh
 	@echo "use them: export PYTHON_IMAGE=webfarm-standin/python:3.11 NGINX_IMAGE=webfarm-standin/nginx:sid REDIS_IMAGE=webfarm-standin/redis:7"
+	@echo "  PROMETHEUS_IMAGE=webfarm-standin/monitoring:bookworm NGINX_EXPORTER_IMAGE=webfarm-standin/monitoring:bookworm"
+	@echo "  REDIS_EXPORTER_IMAGE=webfarm-standin/monitoring:bookworm"
 
 docker-engine: ## start a Docker engine where none runs (root on Debian/Ubuntu: installs docker.io)
 	@farmctl/docker/dockerd.sh start

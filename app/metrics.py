@@ -49,6 +49,8 @@ NEAR_CACHE_INVALIDATIONS = Counter("webfarm_near_cache_invalidations", "Near-cac
 STORE_ERRORS = Counter("webfarm_store_errors", "Requests answered 503 because of the session store: unavailable "
                        "(a Redis error), deadline (the request's 1.5 s ran out), refused (full, or cannot persist)",
                        ["kind"])
+IDEMPOTENT_REPEATS = Counter("webfarm_idempotent_repeats", "Writes that arrived again with an Idempotency-Key "
+                             "already applied, answered without applying them twice: cart_add, register", ["write"])
 ADMISSION_REFUSED = Counter("webfarm_admission_refused", "argon2 requests refused at once (503 too busy)")
 ADMISSION_IN_USE = Gauge("webfarm_admission_slots_in_use", "argon2 hashing slots held")
 ADMISSION_WAITING = Gauge("webfarm_admission_queue_depth", "argon2 requests waiting for a slot")

@@ -8,12 +8,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 
 from app.admission import Admission
+from app.metrics import IDEMPOTENT_REPEATS
 
 # KEYS: user. ARGV: password hash, created_at, request id. Idempotent: the same request id
-# that created the account finds it created (a retry after a dropped connection is not a 409).
+# that created the account finds it created (a retry after a dropped connection is not a 409): 2.
+_REPEATED = 2
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-    if redis.call('HGET', KEYS[1], 'created_by') == ARGV[3] then return 1 end
+    if redis.call('HGET', KEYS[1], 'created_by') == ARGV[3] then return 2 end
     return 0
 end
 redis.call('HSET', KEYS[1], 'password_hash', ARGV[1], 'created_at', ARGV[2], 'created_by', ARGV[3])
@@ -43,9 +45,15 @@ class UserStore:
         request_id = request_id or secrets.token_urlsafe(12)
         created_by = await self.redis.hget(self._key(username), "created_by")
         if created_by is not None:  # spare the hash for a name that is taken
-            return bool(created_by == request_id)
+            return self._repeat() if created_by == request_id else False
         password_hash = await self.admission.run(self.hasher.hash, password)
-        return bool(await self._create([self._key(username)], [password_hash, str(time.time()), request_id]))
+        created = await self._create([self._key(username)], [password_hash, str(time.time()), request_id])
+        return self._repeat() if created == _REPEATED else bool(created)
+
+    @staticmethod
+    def _repeat() -> bool:
+        IDEMPOTENT_REPEATS.labels("register").inc()
+        return True
 
     async def authenticate(self, username: str, password: str) -> bool:
         stored = await self.redis.hget(self._key(username), "password_hash")

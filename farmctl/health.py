@@ -4,10 +4,13 @@ FALL bad probes in a row and back after RISE good ones, and never take every ins
 Like HAProxy's `inter 0.5s fall 2 rise 2` and Kubernetes' readiness probes; the reasons why are
 in farmctl/native/health.py."""
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import httpx
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 PROBE_EVERY_S = 0.5
 PROBE_TIMEOUT_S = 0.5
@@ -76,3 +79,28 @@ def decide(instances: list[Instance], out: dict[str, str]) -> dict[str, str]:
     if len(held) == len(instances):  # none left: a fault they share (Redis), not theirs
         held = {name: reason for name, reason in held.items() if reason == Probe.TIMEOUT}
     return held if len(held) < len(instances) else {}
+
+
+#: Why an instance is out of nginx's rotation: the loop's verdicts, or a graceful operation's drain.
+REASONS = (Probe.TIMEOUT.value, Probe.UNREADY.value, "draining")
+
+
+class RotationMetrics(Collector):
+    """The loop's view for the farm's Prometheus, read at each scrape from `view` (the instances,
+    and those held out with their reason): whether nginx sends each instance requests, and if not why."""
+
+    def __init__(self, view: Callable[[], tuple[list[str], dict[str, str]]]) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        names, held = self.view()
+        in_rotation = GaugeMetricFamily("webfarm_health_in_rotation", "1 while nginx sends the instance requests",
+                                        labels=["farm_instance"])
+        held_out = GaugeMetricFamily("webfarm_health_held_out", "1 while the instance is out of nginx's rotation "
+                                     "for this reason", labels=["farm_instance", "reason"])
+        for name in names:
+            in_rotation.add_metric([name], 0 if name in held else 1)
+            for reason in REASONS:
+                held_out.add_metric([name, reason], 1 if held.get(name) == reason else 0)
+        yield in_rotation
+        yield held_out

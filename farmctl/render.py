@@ -58,14 +58,28 @@ def render_nginx_in_a_container(runtime: str, instances: list[Instance], balance
                         proxy_secret_conf=proxy_secret_conf, **values)
 
 
+def render_prometheus_config(*, farm: str, rules: str, health_target: str, nginx_exporter_target: str,
+                             redis_exporter_target: str, prometheus_target: str, redis_targets: dict[str, str],
+                             web_targets: list[tuple[str, str]] | None = None, web_targets_file: str = "") -> str:
+    """monitoring/prometheus.yml.j2 with every target as the runtime reaches it ("host:port"; Redis
+    nodes as the exporter's redis:// targets): the instances listed (`web_targets`, name and
+    address), or in a file the runtime keeps (`web_targets_file`, Prometheus' file-based discovery)."""
+    return render_template(PROMETHEUS_TEMPLATE, farm=farm, rules=rules, scrape_interval_s=SCRAPE_INTERVAL_S,
+                           web_targets=web_targets or [], web_targets_file=web_targets_file,
+                           health_target=health_target, nginx_exporter_target=nginx_exporter_target,
+                           redis_exporter_target=redis_exporter_target, prometheus_target=prometheus_target,
+                           redis_targets=redis_targets)
+
+
 def render_nginx_kubernetes(namespace: str = "webfarm", service: str = "web", port: int = 8000,
                             cluster_domain: str = "cluster.local",
                             resolver: str = "kube-dns.kube-system.svc.cluster.local",
-                            allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS) -> str:
+                            allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS, status_port: int = 8081) -> str:
     """The balancer's config for k8s/ (committed as k8s/base/nginx.conf): one upstream name, the web
     pods' headless Service, which nginx re-resolves through the cluster DNS, so pods join and leave
-    the rotation with their readiness. Unprivileged: port 8080, pid and temp files under /tmp."""
+    the rotation with their readiness. Unprivileged: port 8080, pid and temp files under /tmp; the
+    stub_status on 127.0.0.1:`status_port`, for the exporter beside nginx in its pod only."""
     web = [Instance(service, f"{service}.{namespace}.svc.{cluster_domain}", port)]
     # The proxy secret's include is written at the pod's start from the Secret (k8s/base/balancer.yaml).
     return render_nginx_in_a_container("kubernetes", web, "round_robin", f"/etc/nginx/secret/{PROXY_SECRET_CONF}",
-                                       allowed_hosts, resolver=resolver)
+                                       allowed_hosts, resolver=resolver, status_port=status_port)

@@ -24,6 +24,7 @@ FarmFactory = Callable[..., Farm]
 FARM_VARIABLES = ("N", "HTTP_PORT", "HTTPS_PORT", "BASE_PORT", "REDIS_PORT", "REDIS", "REPLICA_PORT",
                   "SENTINEL_PORTS", "SESSION_BACKEND", "BALANCE", "DEMO_CONTROLS", "STATE_DIR", "KEY_PREFIX",
                   "RUNTIME", "ALLOWED_HOSTS", "ALLOWED_ORIGINS", "PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE",
+                  "PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE", "REDIS_EXPORTER_IMAGE",
                   *(field.upper() for field in MONITORING_PORTS))
 
 
@@ -102,7 +103,9 @@ DOCKERD = PROJECT_ROOT / "farmctl/docker/dockerd.sh"
 STANDINS = PROJECT_ROOT / "farmctl/docker/standins.sh"
 #: No registry answers on CI: the Docker farms run on images built here from Debian's packages.
 STANDIN_IMAGES = {"PYTHON_IMAGE": "webfarm-standin/python:3.11", "NGINX_IMAGE": "webfarm-standin/nginx:sid",
-                  "REDIS_IMAGE": "webfarm-standin/redis:7"}
+                  "REDIS_IMAGE": "webfarm-standin/redis:7",
+                  **dict.fromkeys(("PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE", "REDIS_EXPORTER_IMAGE"),
+                                  "webfarm-standin/monitoring:bookworm")}
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +131,10 @@ def docker_engine() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def docker_farm(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """The shared farm's twin under Docker: compose.yaml's three instances, Redis and nginx (and free
-    ports for two more: tests/farm/test_operations.py scales it to 5 and back)."""
+    ports for two more: tests/farm/test_operations.py scales it to 5 and back), with the monitoring
+    profile (tests/farm/test_monitoring.py)."""
     with ExitStack() as stack:
-        yield _starter(stack, tmp_path_factory, "docker")(3, spare=2, demo_controls=True)
+        yield _starter(stack, tmp_path_factory, "docker")(3, spare=2, demo_controls=True, monitoring=True)
 
 
 @pytest.fixture(scope="session", params=["native", "docker"])

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from app.metrics import IDEMPOTENT_REPEATS
 from app.sessions.base import CartAdd, CartFull, CartRefused, Limits, Session, SessionKey, SessionStore
 
 
@@ -49,6 +50,7 @@ class MemorySessionStore(SessionStore):
         cart = record.session.cart
         record.applied = {rid: at for rid, at in record.applied.items() if at > now - self.limits.applied_window_s}
         if add and add.request_id in record.applied:
+            IDEMPOTENT_REPEATS.labels("cart_add").inc()
             requests = 0
         elif add:
             have = cart.get(add.sku, 0)

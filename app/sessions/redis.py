@@ -19,6 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
+from app.metrics import IDEMPOTENT_REPEATS
 from app.redis_client import Lane
 from app.sessions.base import (
     CartAdd,
@@ -156,6 +157,8 @@ return ended
 #: first (each refusal costs the lane its connections).
 _REFUSING_S = 1.0
 
+#: The touch script's status for a cart add whose request id it has applied already.
+_DUPLICATE = "duplicate"
 _REFUSALS = {"too_many_items": CartRefused.TOO_MANY_ITEMS, "quantity_too_high": CartRefused.QUANTITY_TOO_HIGH}
 
 
@@ -268,6 +271,8 @@ class RedisSessionStore(SessionStore):
         status, *record = reply
         if status in _REFUSALS:
             raise CartFull(_REFUSALS[status])
+        if status == _DUPLICATE:
+            IDEMPOTENT_REPEATS.labels("cart_add").inc()
         return session_from_fields(dict(zip(record[::2], record[1::2], strict=True)))
 
     async def delete(self, key: SessionKey) -> None:

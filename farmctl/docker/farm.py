@@ -47,8 +47,8 @@ class DockerFarm:
             raise FarmError(f"compose.yaml declares {DOCKER_INSTANCES} instances (web1..web{DOCKER_INSTANCES}); "
                             f"N={config.instances} needs RUNTIME=native")
         # HTTP only: TLS terminates in front of a container farm (see README), so none is printed.
-        # No Prometheus yet under Docker (a compose service to come): the instances' /metrics answer.
-        self.config = config.replace(https_port=0, prometheus_port=0, redis_password=config.redis_password
+        # PROMETHEUS_PORT non-zero: compose.yaml's monitoring profile (Prometheus and the exporters).
+        self.config = config.replace(https_port=0, redis_password=config.redis_password
                                      or farm_secret(config.state_dir, "redis_password"))
         default = config.state_dir.resolve() == (PROJECT_ROOT / ".farm").resolve()
         self.project = "webfarm" if default else \
@@ -66,6 +66,7 @@ class DockerFarm:
         env["SESSION_BACKEND"] = self.config.session_backend
         env["DEMO_CONTROLS"] = "1" if self.config.demo_controls else "0"
         env["REDIS_SENTINELS"] = DOCKER_SENTINELS if self.config.sentinel else ""
+        env["PROMETHEUS_PORT"] = str(self.config.prometheus_port)
         return env
 
     def _files(self) -> list[str]:
@@ -75,7 +76,8 @@ class DockerFarm:
         return ["--file", str(PROJECT_ROOT / "compose.yaml"), "--file", str(override)]
 
     def _compose(self, *args: str, capture: bool = False, check: bool = True) -> str:
-        profiles = ["--profile", "sentinel"] if self.config.sentinel else []
+        profiles = [*(["--profile", "sentinel"] if self.config.sentinel else []),
+                    *(["--profile", "monitoring"] if self.config.prometheus_port else [])]
         cmd = [*compose_command(), "--progress", "quiet", "--project-name", self.project,
                "--project-directory", str(PROJECT_ROOT), *self._files(), *profiles, *args]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=self._environment())

@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import TypedDict
 
 import httpx
+from prometheus_client import REGISTRY, start_http_server
 
-from farmctl.docker.render import DOCKER_CONFIG_DIR, render_nginx_docker
-from farmctl.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, decide, probe
+from farmctl.docker.render import DOCKER_CONFIG_DIR, WEB_TARGETS, render_nginx_docker, web_targets, write_whole
+from farmctl.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, RotationMetrics, decide, probe
 
 log = logging.getLogger("health")
 CONFIG_DIR = Path(DOCKER_CONFIG_DIR)
+ROTATION = CONFIG_DIR / "rotation.json"
 
 
 class Rotation(TypedDict):
@@ -72,18 +74,21 @@ def _gone(before: set[int]) -> bool:
     return True
 
 
+def current() -> Rotation:
+    """The rotation as last written (whole: it is replaced, never written in place)."""
+    rotation: Rotation = json.loads(ROTATION.read_text()) if ROTATION.exists() else \
+        {"instances": 0, "draining": [], "out": {}}
+    return rotation
+
+
 @contextmanager
 def editing() -> Iterator[Rotation]:
     """The rotation ({"draining": [...], "out": {name: reason}}) under a lock, written after the block."""
     with (CONFIG_DIR / "rotation.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        path = CONFIG_DIR / "rotation.json"
-        rotation: Rotation = json.loads(path.read_text()) if path.exists() else \
-            {"instances": 0, "draining": [], "out": {}}
+        rotation = current()
         yield rotation
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rotation))
-        tmp.replace(path)  # whole or not at all: the runtime reads it from the host (farmctl/docker/farm.py)
+        write_whole(ROTATION, json.dumps(rotation))  # the runtime reads it from the host (farmctl/docker/farm.py)
 
 
 def apply(balance: str, change: Callable[[Rotation], None], timeout_s: float = 15, finish: bool = True) -> None:
@@ -93,9 +98,7 @@ def apply(balance: str, change: Callable[[Rotation], None], timeout_s: float = 1
     with editing() as rotation:
         change(rotation)
         down = frozenset([*rotation["draining"], *rotation["out"]])
-        tmp = CONFIG_DIR / "nginx.conf.tmp"
-        tmp.write_text(render_nginx_docker(rotation["instances"], balance, down))
-        tmp.replace(CONFIG_DIR / "nginx.conf")
+        write_whole(CONFIG_DIR / "nginx.conf", render_nginx_docker(rotation["instances"], balance, down))
         master, before = _nginx()
         if not master:
             return  # nginx is (re)starting: it reads the new file itself
@@ -109,7 +112,14 @@ def apply(balance: str, change: Callable[[Rotation], None], timeout_s: float = 1
         raise RuntimeError(f"nginx did not finish reloading within {timeout_s:.0f} s")
 
 
-def run(instances: int, balance: str) -> None:
+def view() -> tuple[list[str], dict[str, str]]:
+    """The rotation's instances, and those held out with why (for RotationMetrics)."""
+    rotation = current()
+    names = [f"web{i}" for i in range(1, rotation["instances"] + 1)]
+    return names, {**dict.fromkeys(rotation["draining"], "draining"), **rotation["out"]}
+
+
+def run(instances: int, balance: str, metrics_port: int = 0) -> None:
     names = [f"web{i}" for i in range(1, instances + 1)]
     checked = [Instance(name, f"http://{name}:8000") for name in names]
     client = httpx.Client(timeout=PROBE_TIMEOUT_S)
@@ -119,13 +129,17 @@ def run(instances: int, balance: str) -> None:
         rotation["instances"], rotation["out"], rotation["draining"] = instances, {}, []
 
     apply(balance, everyone_in)
+    # The monitoring profile's Prometheus discovers web1..webN from this file, and reads our view.
+    write_whole(CONFIG_DIR / WEB_TARGETS, web_targets(instances))
+    if metrics_port:
+        REGISTRY.register(RotationMetrics(view))
+        start_http_server(metrics_port)
     while True:
         started = time.monotonic()
         try:
             for inst, (result, _) in zip(checked, pool.map(lambda i: probe(client, i.url), checked), strict=True):
                 inst.saw(result, started)
-            with editing() as current:
-                held = dict(current["out"])
+            held = dict(current()["out"])
             wanted = decide(checked, held)
             if wanted != held:
                 def hold(rotation: Rotation) -> None:
@@ -149,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "3")),
                         help="run: web1..webN (drain and undrain keep the running loop's N)")
     parser.add_argument("--balance", default=os.environ.get("BALANCE") or "round_robin")
+    parser.add_argument("--metrics-port", type=int, default=0, help="run: serve the rotation as metrics there")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "run":
-        run(args.instances, args.balance)
+        run(args.instances, args.balance, args.metrics_port)
     else:
         def change(rotation: Rotation) -> None:
             draining = set(rotation["draining"])

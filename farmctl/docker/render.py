@@ -2,12 +2,20 @@
 initial configs, and the proxy secret's include - written by compose.yaml's one-shot farm-config
 service (`python -m farmctl render-docker`) into the volume nginx and the Sentinels mount."""
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from farmctl.config import SENTINEL_MASTER, FarmConfig, Instance
-from farmctl.render import PROXY_SECRET_CONF, SENTINEL_TEMPLATE, render_nginx_in_a_container, render_template
+from farmctl.render import (
+    PROMETHEUS_RULES,
+    PROXY_SECRET_CONF,
+    SENTINEL_TEMPLATE,
+    render_nginx_in_a_container,
+    render_prometheus_config,
+    render_template,
+)
 from farmctl.secret import proxy_secret_conf
 
 DOCKER_INSTANCES = 3  # web1..web3, as declared in compose.yaml
@@ -20,12 +28,54 @@ DOCKER_SENTINEL_PORT = 26379
 DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
 
 
+#: The monitoring profile's ports, inside the containers (none is published but Prometheus').
+DOCKER_NGINX_STATUS_PORT = 8081
+DOCKER_HEALTH_METRICS_PORT = 9091
+#: What the health service writes for Prometheus' file-based discovery of web1..webN.
+WEB_TARGETS = "web-targets.json"
+
+
 def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round_robin",
                         down: frozenset[str] = frozenset()) -> str:
-    """nginx.conf for web1..webN (service names), those in `down` out of the rotation (the health service)."""
+    """nginx.conf for web1..webN (service names), those in `down` out of the rotation (the health
+    service); and nginx's stub_status for the monitoring profile's exporter on the container's port
+    8081, which no host publishes."""
     web = [Instance(f"web{i}", f"web{i}", 8000) for i in range(1, instances + 1)]
     return render_nginx_in_a_container("docker", web, balance, f"{DOCKER_CONFIG_DIR}/{PROXY_SECRET_CONF}",
-                                       down=down)
+                                       down=down, status_port=DOCKER_NGINX_STATUS_PORT, status_host="0.0.0.0")
+
+
+def redis_targets_docker(sentinel: bool) -> dict[str, str]:
+    """The Redis exporter's targets: compose.yaml's Redis, and with the sentinel profile its replica
+    and Sentinels."""
+    nodes = {"redis": "redis://redis:6379"}
+    if sentinel:
+        nodes["redis-replica"] = "redis://redis-replica:6379"
+        nodes |= {name: f"redis://{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES}
+    return nodes
+
+
+def render_prometheus_docker(sentinel: bool) -> str:
+    """prometheus.yml for compose.yaml's monitoring profile: the services by name; the rules and the
+    instances' file beside it (paths relative to it, so that promtool checks it anywhere)."""
+    return render_prometheus_config(
+        farm="docker", rules=PROMETHEUS_RULES.name, web_targets_file=WEB_TARGETS,
+        health_target=f"health:{DOCKER_HEALTH_METRICS_PORT}", nginx_exporter_target="nginx-exporter:9113",
+        redis_exporter_target="redis-exporter:9121", prometheus_target="127.0.0.1:9090",
+        redis_targets=redis_targets_docker(sentinel))
+
+
+def web_targets(instances: int) -> str:
+    """web1..webN for Prometheus' file-based discovery, each labelled as natively (farm_instance)."""
+    return json.dumps([{"targets": [f"web{i}:8000"], "labels": {"farm_instance": f"web{i}"}}
+                       for i in range(1, instances + 1)], indent=2)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write, then rename: nothing ever reads half of the file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
@@ -49,13 +99,14 @@ def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
     # when it is recreated (`restart: true`), so `make scale` must not change it. The health
     # service renders nginx.conf for its N at its start (farmctl/docker/health.py).
     services["nginx"] = {"depends_on": {name: {"condition": "service_healthy"} for name in names}}
-    services["health"] = {"command": ["python", "-m", "farmctl.docker.health", "run",
-                                      "--instances", str(config.instances), "--balance", config.balance]}
+    services["health"] = {"command": ["python", "-m", "farmctl.docker.health", "run", "--instances",
+                                      str(config.instances), "--balance", config.balance,
+                                      "--metrics-port", str(DOCKER_HEALTH_METRICS_PORT)]}
     # The rendered configs in the farm's state dir rather than in a named volume: the runtime reads
     # the rotation from there (compose merges a service's mounts by their path in the container).
     config_dir = str(config_dir_of(config))
-    for name, mode in (("farm-config", ""), ("health", ""), ("nginx", ":ro"),
-                       *((sentinel, ":ro") for sentinel in DOCKER_SENTINEL_NAMES)):
+    for name, mode in (("farm-config", ""), ("health", ""), ("nginx", ":ro"), ("prometheus", ":ro"),
+                       ("redis-exporter", ":ro"), *((sentinel, ":ro") for sentinel in DOCKER_SENTINEL_NAMES)):
         services.setdefault(name, {})["volumes"] = [f"{config_dir}:{DOCKER_CONFIG_DIR}{mode}"]
     return {"services": services, "networks": {"redis-host": {}}}
 
@@ -81,13 +132,18 @@ def render_sentinel_docker(name: str, auth_pass: str = "") -> str:
 
 
 def render_docker(out: Path, instances: int, balance: str, proxy_secret: str) -> None:
-    """Write nginx.conf, its proxy-secret include and one sentinelN.conf per Sentinel service into
-    `out` (compose's config volume); each file appears whole (write, then rename) so nothing ever
-    reads half of one."""
+    """Write nginx.conf, its proxy-secret include, one sentinelN.conf per Sentinel service and the
+    monitoring profile's files (prometheus.yml, its rules, web1..webN, the Redis exporter's
+    passwords) into `out` (compose's config volume), each whole."""
+    password = os.environ.get("REDIS_PASSWORD", "")
+    sentinel = bool(os.environ.get("REDIS_SENTINELS"))
     files = {"nginx.conf": render_nginx_docker(instances, balance), PROXY_SECRET_CONF: proxy_secret_conf(proxy_secret)}
-    files |= {f"{name}.conf": render_sentinel_docker(name, os.environ.get("REDIS_PASSWORD", ""))
-              for name in DOCKER_SENTINEL_NAMES}
+    files |= {f"{name}.conf": render_sentinel_docker(name, password) for name in DOCKER_SENTINEL_NAMES}
+    files |= {"prometheus.yml": render_prometheus_docker(sentinel), PROMETHEUS_RULES.name: PROMETHEUS_RULES.read_text(),
+              WEB_TARGETS: web_targets(instances),
+              # The Sentinels have no password: an AUTH would fail their scrape.
+              "redis-passwords.json": json.dumps({target: password for name, target in
+                                                  redis_targets_docker(sentinel).items() if name.startswith("redis")})}
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        (out / f"{name}.tmp").write_text(text)
-        (out / f"{name}.tmp").replace(out / name)
+        write_whole(out / name, text)

@@ -2,7 +2,9 @@
 # Stand-ins for compose.yaml's official images, built from Debian's packages with mmdebstrap, for
 # machines that reach no image registry (CI here, air-gapped sites): `make images`, then use them with
 #   PYTHON_IMAGE=webfarm-standin/python:3.11 NGINX_IMAGE=webfarm-standin/nginx:sid \
-#   REDIS_IMAGE=webfarm-standin/redis:7 make up RUNTIME=docker
+#   REDIS_IMAGE=webfarm-standin/redis:7 PROMETHEUS_IMAGE=webfarm-standin/monitoring:bookworm \
+#   NGINX_EXPORTER_IMAGE=webfarm-standin/monitoring:bookworm REDIS_EXPORTER_IMAGE=webfarm-standin/monitoring:bookworm \
+#   make up RUNTIME=docker
 # An image already built is kept (delete it to rebuild). nginx comes from sid: the upstream `resolve`
 # flag compose.yaml's nginx.conf uses needs nginx 1.27.3+, bookworm has 1.22.
 # The python stand-in trusts what this host trusts (its CA bundle, copied in, and PIP_CERT pointing
@@ -44,6 +46,12 @@ build "$PREFIX/nginx:sid" sid nginx,wget,ca-certificates \
 # /data owned by redis, as in the official image (a fresh named volume takes its owner from it).
 build "$PREFIX/redis:7" bookworm redis-server --customize-hook='chroot "$1" install -d -o redis -g redis /data' \
   -- --change 'WORKDIR /data' --change 'CMD ["redis-server"]' &
+# The monitoring profile's three images in one: Prometheus and both exporters, from bookworm, under the
+# official images' paths (compose.yaml names each binary as the official image holds it).
+build "$PREFIX/monitoring:bookworm" bookworm prometheus,prometheus-nginx-exporter,prometheus-redis-exporter,wget \
+  --customize-hook='chroot "$1" sh -c "ln -s /usr/bin/prometheus-nginx-exporter /usr/bin/nginx-prometheus-exporter \
+    && ln -s /usr/bin/prometheus-redis-exporter /redis_exporter && install -d -o 65534 -g 65534 /prometheus"' \
+  -- --change 'WORKDIR /prometheus' &
 failed=0
 for job in $(jobs -p); do wait "$job" || failed=1; done
 exit $failed

@@ -23,22 +23,17 @@ readiness/liveness probes do:
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from farmctl.config import FarmConfig
-from farmctl.health import LIVENESS_S, PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, Probe, decide, probe
+from farmctl.health import LIVENESS_S, PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, RotationMetrics, decide, probe
 from farmctl.native.farm import NativeFarm
 
 log = logging.getLogger("health")
-#: Why an instance is out of nginx's rotation: the loop's verdicts, or a graceful operation's drain.
-REASONS = (Probe.TIMEOUT.value, Probe.UNREADY.value, "draining")
 
 
 class HealthLoop:
@@ -91,6 +86,11 @@ class HealthLoop:
         self.farm.kill(inst.name, "KILL")
         inst.silent_since = None
 
+    def view(self) -> tuple[list[str], dict[str, str]]:
+        """The instances, and those out of nginx's rotation with why (for RotationMetrics)."""
+        current = self.farm.rotation_state()
+        return [i.name for i in self.instances], {**dict.fromkeys(current.draining, "draining"), **current.out}
+
     def run(self) -> None:
         while True:
             started = time.monotonic()
@@ -101,34 +101,12 @@ class HealthLoop:
             time.sleep(max(0.0, PROBE_EVERY_S - (time.monotonic() - started)))
 
 
-class RotationMetrics(Collector):
-    """The loop's view for the farm's Prometheus, read at each scrape: whether nginx sends each
-    instance requests, and if not why (timeout, unready, draining)."""
-
-    def __init__(self, loop: HealthLoop) -> None:
-        self.loop = loop
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        current = self.loop.farm.rotation_state()
-        held = {**dict.fromkeys(current.draining, "draining"), **current.out}
-        in_rotation = GaugeMetricFamily("webfarm_health_in_rotation", "1 while nginx sends the instance requests",
-                                        labels=["farm_instance"])
-        held_out = GaugeMetricFamily("webfarm_health_held_out", "1 while the instance is out of nginx's rotation "
-                                     "for this reason", labels=["farm_instance", "reason"])
-        for inst in self.loop.instances:
-            in_rotation.add_metric([inst.name], 0 if inst.name in held else 1)
-            for reason in REASONS:
-                held_out.add_metric([inst.name, reason], 1 if held.get(inst.name) == reason else 0)
-        yield in_rotation
-        yield held_out
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe
     loop = HealthLoop(Path(sys.argv[1]))
     if loop.farm.config.prometheus_port:
-        REGISTRY.register(RotationMetrics(loop))
+        REGISTRY.register(RotationMetrics(loop.view))
         start_http_server(loop.farm.config.health_port, addr="127.0.0.1")
     loop.run()
 

@@ -14,11 +14,10 @@ from farmctl.native import rotation
 from farmctl.native.redis_node import started_marker
 from farmctl.render import (
     PROMETHEUS_RULES,
-    PROMETHEUS_TEMPLATE,
     PROXY_SECRET_CONF,
-    SCRAPE_INTERVAL_S,
     SENTINEL_TEMPLATE,
     render_nginx,
+    render_prometheus_config,
     render_template,
 )
 from farmctl.runtime import FarmError
@@ -108,9 +107,13 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
 
 
 def render_prometheus(config: FarmConfig) -> str:
-    return render_template(PROMETHEUS_TEMPLATE, farm=config.state_dir.name, instances=config.web,
-                           monitoring=config.monitoring, redis_nodes=config.redis_nodes, sentinels=config.sentinels,
-                           rules=PROMETHEUS_RULES, scrape_interval_s=SCRAPE_INTERVAL_S)
+    loopback = {name: f"127.0.0.1:{port}" for name, port in config.monitoring.items()}
+    return render_prometheus_config(
+        farm=config.state_dir.name, rules=str(PROMETHEUS_RULES), web_targets=[(i.name, i.address) for i in config.web],
+        health_target=loopback["health"], nginx_exporter_target=loopback["nginx-exporter"],
+        redis_exporter_target=loopback["redis-exporter"], prometheus_target=loopback["prometheus"],
+        redis_targets={name: f"redis://127.0.0.1:{port}" for name, port in {**config.redis_nodes,
+                                                                            **config.sentinels}.items()})
 
 
 def render_sentinel(config: FarmConfig, port: int) -> str:

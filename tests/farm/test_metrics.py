@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from farmctl.config import Instance
 from farmctl.runtime import Farm
 from farmctl.wait import wait_until
-from tests.farm.users import login, new_username, register
+from tests.farm.users import PASSWORD, login, new_username, register
 
 pytestmark = pytest.mark.farm
 
@@ -80,6 +80,26 @@ def test_scraped_counters_equal_what_each_instance_was_sent(any_farm: Farm) -> N
             value(change, "webfarm_near_cache_lookups_total", result="miss")
         assert lookups == reads  # only a session lookup (identify) asks the cache; adds and logins go to Redis
         assert value(change, "webfarm_store_errors_total", kind="unavailable") == 0
+
+
+def test_idempotent_repeats_are_counted_once_each_and_applied_once(any_farm: Farm) -> None:
+    inst = any_farm.config.web[0]
+    username = new_username("r")
+    with httpx.Client(base_url=inst.url, timeout=10) as client, change_of(inst) as change:
+        for _ in range(3):  # the first creates the account, the two repeats find it created
+            assert client.post("/api/register", json={"username": username, "password": PASSWORD},
+                               headers={"Idempotency-Key": f"reg-{username}"}).status_code == 201
+        assert login(client, username).status_code == 200
+        def add(key: str) -> dict[str, int]:
+            added = client.post("/api/cart/items", json={"sku": "once", "qty": 1}, headers={"Idempotency-Key": key})
+            assert added.status_code == 200, added.text
+            items: dict[str, int] = added.json()["items"]
+            return items
+
+        assert [add("add-00001") for _ in range(4)] == [{"once": 1}] * 4  # applied once, answered four times
+        assert add("add-00002") == {"once": 2}
+    assert value(change, "webfarm_idempotent_repeats_total", write="register") == 2
+    assert value(change, "webfarm_idempotent_repeats_total", write="cart_add") == 3
 
 
 def test_the_hot_path_resolves_below_a_millisecond_and_up_to_the_deadline(any_farm: Farm) -> None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from farmctl.config import PROJECT_ROOT
+from farmctl.docker.render import config_dir_of
 from farmctl.lifecycle import open_farm
 from farmctl.native.render import render_prometheus
 from farmctl.render import SCRAPE_INTERVAL_S
@@ -63,12 +64,20 @@ def query(farm: Farm, expr: str) -> dict[str, float]:
     return {key(r["metric"]): float(r["value"][1]) for r in response.json()["data"]["result"]}
 
 
-@pytest.fixture(scope="module")
-def watched_farm(farm_factory: FarmFactory) -> Farm:
+@pytest.fixture(scope="module", params=["native", "docker"])
+def watched_farm(request: pytest.FixtureRequest, farm_factory: FarmFactory) -> Farm:
+    """A farm with its Prometheus: natively one of this module's; under Docker the shared one, whose
+    monitoring profile is on."""
+    if request.param == "docker":
+        farm: Farm = request.getfixturevalue("docker_farm")
+        return farm
     return farm_factory(3, spare=1, monitoring=True)
 
 
 def test_the_rendered_config_passes_promtool(watched_farm: Farm, tmp_path: Path) -> None:
+    if watched_farm.name == "docker":  # as farm-config wrote it, its rules and instances beside it
+        promtool("check", "config", str(config_dir_of(watched_farm.config) / "prometheus.yml"))
+        return
     (tmp_path / "prometheus.yml").write_text(render_prometheus(watched_farm.config))
     promtool("check", "config", str(tmp_path / "prometheus.yml"))
 

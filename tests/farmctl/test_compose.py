@@ -23,6 +23,7 @@ from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER, FarmC
 from farmctl.docker.engine import compose_command
 from farmctl.docker.render import (
     DOCKER_INSTANCES,
+    DOCKER_NGINX_STATUS_PORT,
     DOCKER_SENTINELS,
     compose_override,
     render_docker,
@@ -37,6 +38,7 @@ DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 COMPOSE_SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "compose-spec.json"
 APP_PORT = 8000
 WEB_SERVICES = [f"web{i}" for i in range(1, DOCKER_INSTANCES + 1)]
+EXPORTERS = {"nginx-exporter", "redis-exporter"}
 
 Service = dict[str, Any]
 Instruction = tuple[str, str]
@@ -154,13 +156,15 @@ def test_declare_healthcheck_and_restart_on_every_long_lived_service(services: d
     jobs = one_shot(services)
     assert jobs == {"farm-config"}
     daemons = {name: svc for name, svc in services.items() if name not in jobs}
-    assert {"redis", "nginx", *WEB_SERVICES} <= set(daemons)
+    assert {"redis", "nginx", *WEB_SERVICES, "prometheus", *EXPORTERS} <= set(daemons)
     for name, svc in daemons.items():
+        # `always` also restarts a container killed with SIGKILL, which is what the chaos test does.
+        assert svc.get("restart") == "always", name
+        if name in EXPORTERS:  # their official images hold the binary alone: nothing to run a check with
+            continue  # (Prometheus' `up` of each is their health)
         healthcheck = svc.get("healthcheck", {})
         assert healthcheck.get("test"), name
         assert not healthcheck.get("disable"), name
-        # `always` also restarts a container killed with SIGKILL, which is what the chaos test does.
-        assert svc.get("restart") == "always", name
     for name in jobs:
         assert services[name].get("restart") == "no", name
 
@@ -205,12 +209,23 @@ def test_start_nginx_after_config_and_every_healthy_instance(services: dict[str,
     assert services["nginx"]["depends_on"]["farm-config"].get("restart") is True
 
 
-def test_publish_only_nginx_on_loopback(services: dict[str, Service]) -> None:
+def test_publish_only_nginx_and_prometheus_on_loopback(services: dict[str, Service]) -> None:
     publishers = {name for name, svc in services.items() if svc.get("ports")}
-    assert publishers == {"nginx"}
-    for port in services["nginx"]["ports"]:
-        host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
-        assert host_ip == "127.0.0.1", port
+    assert publishers == {"nginx", "prometheus"}
+    for name in publishers:
+        for port in services[name]["ports"]:
+            host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
+            assert host_ip == "127.0.0.1", port
+
+
+def test_declare_monitoring_profile_without_a_way_to_the_store(services: dict[str, Service]) -> None:
+    """Prometheus reaches the instances, the health service and the exporters, never Redis itself;
+    the Redis exporter is the one monitoring part on the store's network."""
+    monitoring = {name for name, svc in services.items() if "monitoring" in svc.get("profiles", [])}
+    assert monitoring == {"prometheus", *EXPORTERS}
+    on_store = {name for name, svc in services.items() if "store" in svc.get("networks", {})}
+    assert monitoring & on_store == {"redis-exporter"}
+    assert set(services["prometheus"]["networks"]) == {"front", "monitoring"}
 
 
 def redis_argv(service: Service) -> list[str]:
@@ -254,9 +269,11 @@ def test_render_docker_listen_matching_published_port(services: dict[str, Servic
     listen = re.findall(r"^\s*listen\s+[\d.]+:(\d+);", render_nginx_docker(), re.M)
     container_ports = {str(p["target"]) if isinstance(p, dict) else str(p).rsplit(":", 1)[-1]
                        for p in services["nginx"]["ports"]}
-    assert [int(p) for p in listen] == [8080]
+    # 8080 the farm's, published; 8081 stub_status, for the nginx exporter alone (published nowhere).
+    assert [int(p) for p in listen] == [8080, DOCKER_NGINX_STATUS_PORT]
     assert container_ports == {"8080"}
     assert "http://127.0.0.1:8080/" in " ".join(services["nginx"]["healthcheck"]["test"])
+    assert f"http://nginx:{DOCKER_NGINX_STATUS_PORT}/stub_status" in command_argv(services["nginx-exporter"])[0]
 
 
 def test_render_docker_config_where_nginx_reads_it(compose: dict[str, Any], services: dict[str, Service]) -> None:
@@ -370,12 +387,20 @@ def test_render_docker_configs_without_supervisor_or_psutil(tmp_path: Path) -> N
                "from farmctl.__main__ import main\n"
                f"sys.exit(main(['render-docker', '--out', {str(tmp_path)!r}]))\n")
     done = subprocess.run([sys.executable, "-c", blocker], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          check=False, env={**os.environ, "PROXY_SECRET": "s3cret-for-the-test"})
+                          check=False, env={**os.environ, "PROXY_SECRET": "s3cret-for-the-test",
+                                            "REDIS_PASSWORD": "redis-pw-for-the-test"})
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nginx.conf", "proxy-secret.conf",
-                                                          *(f"{s}.conf" for s in SENTINELS)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
+        "nginx.conf", "proxy-secret.conf", *(f"{s}.conf" for s in SENTINELS),
+        "prometheus.yml", "rules.yml", "web-targets.json", "redis-passwords.json"])
     assert (tmp_path / "proxy-secret.conf").read_text() == 'proxy_set_header X-Webfarm-Proxy "s3cret-for-the-test";\n'
     assert "s3cret" not in (tmp_path / "nginx.conf").read_text()
+    # The monitoring profile's: the exporter's password for the one Redis (no Sentinel profile here),
+    # never in Prometheus' config; web1..web3 for its discovery, labelled as natively.
+    assert json.loads((tmp_path / "redis-passwords.json").read_text()) == {"redis://redis:6379": "redis-pw-for-the-test"}
+    assert "redis-pw" not in (tmp_path / "prometheus.yml").read_text()
+    assert json.loads((tmp_path / "web-targets.json").read_text()) == [
+        {"targets": [f"{name}:8000"], "labels": {"farm_instance": name}} for name in WEB_SERVICES]
 
 
 def test_render_docker_refuses_a_missing_proxy_secret(tmp_path: Path) -> None:
