@@ -397,7 +397,8 @@ def test_render_docker_configs_without_supervisor_or_psutil(tmp_path: Path) -> N
     assert "s3cret" not in (tmp_path / "nginx.conf").read_text()
     # The monitoring profile's: the exporter's password for the one Redis (no Sentinel profile here),
     # never in Prometheus' config; web1..web3 for its discovery, labelled as natively.
-    assert json.loads((tmp_path / "redis-passwords.json").read_text()) == {"redis://redis:6379": "redis-pw-for-the-test"}
+    passwords = json.loads((tmp_path / "redis-passwords.json").read_text())
+    assert passwords == {"redis://redis:6379": "redis-pw-for-the-test"}
     assert "redis-pw" not in (tmp_path / "prometheus.yml").read_text()
     assert json.loads((tmp_path / "web-targets.json").read_text()) == [
         {"targets": [f"{name}:8000"], "labels": {"farm_instance": name}} for name in WEB_SERVICES]

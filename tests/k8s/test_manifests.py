@@ -1,6 +1,7 @@
 """k8s/, checked without a cluster: rendered by the real `kubectl kustomize`, every object validated
 strictly against the pinned Kubernetes version, checkov with zero failed checks, and the properties
-failover relies on (probes, graceful shutdown, rollout, disruption budgets, network policies)."""
+failover relies on (probes, graceful shutdown, rollout, disruption budgets, network policies) and
+monitoring does (scrape annotations, exporter sidecars, the `monitoring` namespace's reach)."""
 
 import json
 import re
@@ -10,10 +11,12 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from app.metrics import METRICS_PATH
 from farmctl.config import PROJECT_ROOT
 from farmctl.render import render_nginx_kubernetes
 
@@ -24,13 +27,20 @@ TOOLS = PROJECT_ROOT / ".venv-k8s" / "bin"
 #: The only checkov checks the manifests may skip; each skip carries its reason in the manifest.
 ALLOWED_SKIPS = {"CKV_K8S_43", "CKV_K8S_35"}
 COMPONENTS = ("balancer", "web", "redis", "sentinel")
-#: (from, to, port) - every connection between the farm's pods that the policies must allow.
+#: Where the team's Prometheus runs: its pods may scrape the farm's metrics ports.
+MONITORING_NAMESPACE = "monitoring"
+#: (from, to, port) - every connection to the farm's pods that the policies must allow; "monitoring"
+#: is any pod of MONITORING_NAMESPACE: the metrics ports, and the balancer's public one as from anywhere.
 EXPECTED_FLOWS = {
     ("balancer", "web", 8000),
     ("web", "redis", 6379), ("web", "sentinel", 26379),
     ("sentinel", "redis", 6379), ("sentinel", "sentinel", 26379),
     ("redis", "redis", 6379), ("redis", "sentinel", 26379),
+    ("monitoring", "balancer", 8080), ("monitoring", "web", 8000), ("monitoring", "balancer", 9113),
+    ("monitoring", "redis", 9121), ("monitoring", "sentinel", 9121),
 }
+#: The sidecar that turns each component's server into metrics (the web pods serve their own).
+EXPORTERS = {"balancer": "nginx-exporter", "redis": "redis-exporter", "sentinel": "redis-exporter"}
 
 Obj = dict[str, Any]
 
@@ -87,9 +97,47 @@ def containers(workload: Obj, init: bool = True) -> Iterator[Obj]:
 
 
 def container_port(workload: Obj) -> int:
-    ports = [port["containerPort"] for c in containers(workload, init=False) for port in c.get("ports", [])]
+    """The port of the component's own server: its first container's (a sidecar's is a metrics port)."""
+    ports = [port["containerPort"] for port in next(containers(workload, init=False)).get("ports", [])]
     assert len(ports) == 1
     return int(ports[0])
+
+
+def pod_ports(workload: Obj) -> set[int]:
+    return {int(port["containerPort"]) for c in containers(workload, init=False) for port in c.get("ports", [])}
+
+
+def container_named(workload: Obj, name: str) -> Obj:
+    matches = [c for c in containers(workload, init=False) if c["name"] == name]
+    assert len(matches) == 1, name
+    return matches[0]
+
+
+def flag(container: Obj, name: str) -> str:
+    """The value of `--name=value` (or `-name=value`) among a container's args."""
+    values = [arg.split("=", 1)[1] for arg in container.get("args", []) if arg.lstrip("-").split("=", 1)[0] == name]
+    assert len(values) == 1, (container["name"], name)
+    return str(values[0])
+
+
+def nginx_servers(conf: str) -> list[str]:
+    """The bodies of an nginx config's `server { ... }` blocks, comments removed."""
+    text = re.sub(r"#[^\n]*", "", conf)
+    servers = []
+    for start in (m.end() for m in re.finditer(r"^\s*server\s*\{", text, re.M)):
+        depth, end = 1, start
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        servers.append(text[start:end - 1])
+    return servers
+
+
+def stub_status_listens(conf: str) -> list[str]:
+    """Where the config's one stub_status server listens ("host:port" each)."""
+    servers = [server for server in nginx_servers(conf) if re.search(r"^\s*stub_status;", server, re.M)]
+    assert len(servers) == 1, f"{len(servers)} servers answer stub_status"
+    return re.findall(r"^\s*listen ([^\s;]+)", servers[0], re.M)
 
 
 def config_map(objects: list[Obj], prefix: str) -> Obj:
@@ -182,7 +230,8 @@ def test_nginx_config_balances_the_ready_web_pods(objects: list[Obj], find: Call
                         "max_fails=1 fail_timeout=5s resolve")]
     assert web_service["spec"]["ports"][0]["port"] == container_port(workloads["web"])
     assert re.search(r"^\s*resolver kube-dns\.kube-system\.svc\.cluster\.local valid=2s", conf, re.M)
-    assert re.findall(r"^\s*listen (\S+);", conf, re.M) == [f"0.0.0.0:{container_port(workloads['balancer'])}"]
+    public = "\n".join(server for server in nginx_servers(conf) if "stub_status" not in server)
+    assert re.findall(r"^\s*listen (\S+);", public, re.M) == [f"0.0.0.0:{container_port(workloads['balancer'])}"]
     assert container_port(workloads["balancer"]) > 1024
     assert "pid /tmp/nginx.pid;" in conf
     assert all(path.startswith("/tmp/") for path in re.findall(r"_temp_path (\S+);", conf))
@@ -292,14 +341,18 @@ def test_images_are_pinned_like_compose_s(workloads: dict[str, Obj]) -> None:
     version = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
     compose = yaml.safe_load((PROJECT_ROOT / "compose.yaml").read_text())
 
-    def default(image: str) -> str:  # compose.yaml's images are settings: ${NGINX_IMAGE:-nginx:1.29-alpine}
-        return re.sub(r"^\$\{\w+:-(.+)\}$", r"\1", image)
+    def default(service: str) -> str:  # compose.yaml's images are settings: ${NGINX_IMAGE:-nginx:1.29-alpine}
+        return re.sub(r"^\$\{\w+:-(.+)\}$", r"\1", compose["services"][service]["image"])
 
-    expected = {"web": f"webfarm:{version}", "balancer": default(compose["services"]["nginx"]["image"]),
-                "redis": default(compose["services"]["redis"]["image"]),
-                "sentinel": default(compose["services"]["redis"]["image"])}
-    for component, workload in workloads.items():
-        assert next(containers(workload, init=False))["image"] == expected[component]
+    # Every long-running container, sidecars included (compose's Prometheus has no counterpart here:
+    # the cluster's runs in its own namespace).
+    expected = {("web", "web"): f"webfarm:{version}",
+                ("balancer", "nginx"): default("nginx"), ("balancer", "nginx-exporter"): default("nginx-exporter"),
+                ("redis", "redis"): default("redis"), ("redis", "redis-exporter"): default("redis-exporter"),
+                ("sentinel", "sentinel"): default("redis"), ("sentinel", "redis-exporter"): default("redis-exporter")}
+    assert {(component, container["name"]): container["image"] for component, workload in workloads.items()
+            for container in containers(workload, init=False)} == expected
+    for workload in workloads.values():
         for container in containers(workload):
             name, _, tag = container["image"].rpartition(":")
             assert name, container["image"]
@@ -344,48 +397,143 @@ def selects(selector: Obj, labels: dict[str, str]) -> bool:
     return bool(selector.get("matchLabels", {}).items() <= labels.items())
 
 
-def peer_admits(peers: list[Obj] | None, labels: dict[str, str] | None) -> bool:
-    """Does a rule's from/to list admit a pod of this namespace with `labels` (None: outside the cluster)?"""
+#: A pod as the policies see it: its namespace and its labels.
+Pod = tuple[str, dict[str, str]]
+
+
+def peer_admits(peers: list[Obj] | None, pod: Pod | None, namespace: str) -> bool:
+    """Does a from/to list of a policy in `namespace` admit `pod` (None: a peer outside the cluster)?"""
     if peers is None:
         return True
-    # A peer with a namespaceSelector names other namespaces here (kube-system's DNS only).
-    return labels is not None and any("namespaceSelector" not in peer and "ipBlock" not in peer
-                                      and selects(peer["podSelector"], labels) for peer in peers)
+    assert not any("ipBlock" in peer for peer in peers), "ipBlock peers are not modelled here"
+    if pod is None:
+        return False
+    pod_namespace, labels = pod
+    # Without a namespaceSelector a peer is in the policy's own namespace; namespaces are told apart by
+    # the label Kubernetes gives each, kubernetes.io/metadata.name.
+    return any((selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": pod_namespace})
+                if "namespaceSelector" in peer else pod_namespace == namespace)
+               and selects(peer.get("podSelector", {}), labels) for peer in peers)
 
 
 def port_admits(ports: list[Obj] | None, port: int) -> bool:
     return ports is None or any(p.get("protocol", "TCP") == "TCP" and p["port"] == port for p in ports)
 
 
-def allowed(policies: list[Obj], direction: str, pod: dict[str, str], peer: dict[str, str] | None,
-            port: int) -> bool:
-    applying = [p for p in policies if selects(p["spec"]["podSelector"], pod)
-                and direction.capitalize() in p["spec"]["policyTypes"]]
+def allowed(policies: list[Obj], direction: str, pod: Pod, peer: Pod | None, port: int) -> bool:
+    """As Kubernetes decides: a pod that no policy of its namespace selects for `direction` is open."""
+    namespace, labels = pod
+    applying = [p for p in policies if p["metadata"]["namespace"] == namespace
+                and selects(p["spec"]["podSelector"], labels) and direction.capitalize() in p["spec"]["policyTypes"]]
     key, peers = ("ingress", "from") if direction == "ingress" else ("egress", "to")
-    return any(peer_admits(rule.get(peers), peer) and port_admits(rule.get("ports"), port)
-               for policy in applying for rule in policy["spec"].get(key, []))
+    return not applying or any(peer_admits(rule.get(peers), peer, namespace) and port_admits(rule.get("ports"), port)
+                               for policy in applying for rule in policy["spec"].get(key, []))
 
 
-def test_network_policies_allow_exactly_the_farm_s_connections(objects: list[Obj],
-                                                                workloads: dict[str, Obj]) -> None:
-    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+def flow(policies: list[Obj], source: Pod, target: Pod, port: int) -> bool:
+    return allowed(policies, "egress", source, target, port) and allowed(policies, "ingress", target, source, port)
+
+
+@pytest.fixture(scope="module")
+def policies(objects: list[Obj]) -> list[Obj]:
+    return [o for o in objects if o["kind"] == "NetworkPolicy"]
+
+
+@pytest.fixture(scope="module")
+def pods(workloads: dict[str, Obj]) -> dict[str, Pod]:
+    """Each component's pod, and "monitoring": a pod of the Prometheus namespace, whatever its labels."""
+    found = {c: (w["metadata"]["namespace"], w["spec"]["template"]["metadata"]["labels"]) for c, w in workloads.items()}
+    return found | {"monitoring": (MONITORING_NAMESPACE, {"app.kubernetes.io/name": "prometheus"})}
+
+
+def test_network_policies_allow_exactly_the_farm_s_connections(policies: list[Obj], workloads: dict[str, Obj],
+                                                                pods: dict[str, Pod]) -> None:
     default_deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]
                     and "egress" not in p["spec"]]
     assert len(default_deny) == 1
     assert set(default_deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    labels = {c: w["spec"]["template"]["metadata"]["labels"] for c, w in workloads.items()}
-    ports = {c: container_port(w) for c, w in workloads.items()}
-    for source in COMPONENTS:
+    # Every port any container declares, metrics ports included.
+    ports = set().union(*(pod_ports(w) for w in workloads.values()))
+    for source in pods:
         for target in COMPONENTS:
-            for port in set(ports.values()):
-                flow = allowed(policies, "egress", labels[source], labels[target], port) \
-                    and allowed(policies, "ingress", labels[target], labels[source], port)
-                assert flow == ((source, target, port) in EXPECTED_FLOWS), (source, target, port)
-    # From outside the farm: the balancer's port and nothing else.
-    for target in COMPONENTS:
-        assert allowed(policies, "ingress", labels[target], None, ports[target]) == (target == "balancer"), target
+            for port in ports:
+                assert flow(policies, pods[source], pods[target], port) == ((source, target, port) in EXPECTED_FLOWS), \
+                    (source, target, port)
+    # From outside the cluster or any other namespace: the balancer's port and nothing else.
+    front_door = ("balancer", container_port(workloads["balancer"]))
+    for outsider in (None, ("default", {"app.kubernetes.io/name": "prometheus"})):
+        for target in COMPONENTS:
+            for port in ports:
+                assert allowed(policies, "ingress", pods[target], outsider, port) == ((target, port) == front_door), \
+                    (outsider, target, port)
     # Every pod may ask the cluster DNS.
     dns = [rule for p in policies if p["spec"]["podSelector"] == {} for rule in p["spec"].get("egress", [])]
     assert any({"protocol": "UDP", "port": 53} in rule["ports"]
                and rule["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
                for rule in dns)
+
+
+def test_monitoring_reaches_only_the_ports_its_pods_are_scraped_on(policies: list[Obj], workloads: dict[str, Obj],
+                                                                   pods: dict[str, Pod]) -> None:
+    ports = set().union(*(pod_ports(w) for w in workloads.values()))
+    elsewhere: Pod = ("default", pods["monitoring"][1])
+    for component, workload in workloads.items():
+        scraped = int(workload["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+        reached = {port for port in ports if flow(policies, pods["monitoring"], pods[component], port)}
+        # Beyond what a pod of any namespace reaches (the balancer's public port): the scraped port only.
+        public = {port for port in ports if flow(policies, elsewhere, pods[component], port)}
+        assert reached - public == {scraped}, component
+        assert scraped not in public, component
+        # ...and the farm's pods reach nothing of that namespace's.
+        assert not any(flow(policies, pods[component], pods["monitoring"], port) for port in ports), component
+
+
+def test_every_pod_is_annotated_for_scraping_a_port_it_declares(workloads: dict[str, Obj]) -> None:
+    for component, workload in workloads.items():
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", component
+        assert annotations.get("prometheus.io/path") == METRICS_PATH, component
+        port = int(annotations["prometheus.io/port"])
+        serving = [(c["name"], p.get("name")) for c in containers(workload, init=False) for p in c.get("ports", [])
+                   if p["containerPort"] == port]
+        # The web pods' metrics are the app's own (app/metrics.py); the others' come from their exporter.
+        expected = (EXPORTERS[component], "metrics") if component in EXPORTERS else (component, "http")
+        assert serving == [expected], component
+
+
+def test_exporters_scrape_their_own_pod_over_loopback(workloads: dict[str, Obj]) -> None:
+    status = stub_status_listens((K8S_DIR / "base" / "nginx.conf").read_text())
+    for component, name in EXPORTERS.items():
+        workload = workloads[component]
+        exporter = container_named(workload, name)
+        metrics = [p["containerPort"] for p in exporter["ports"] if p["name"] == "metrics"]
+        assert flag(exporter, "web.listen-address") == f":{metrics[0]}", component
+        if name == "nginx-exporter":
+            target = urlsplit(flag(exporter, "nginx.scrape-uri"))
+            # The very address nginx's stub_status server listens on, not just any loopback name.
+            assert (target.scheme, target.path) == ("http", "/stub_status")
+            assert [f"{target.hostname}:{target.port}"] == status
+        else:
+            env = {e["name"]: e for e in exporter.get("env", [])}
+            target = urlsplit(env["REDIS_ADDR"]["value"])
+            assert target.scheme == "redis"
+            assert target.port == container_port(workload), component
+            # Authenticated exactly as the server it scrapes asks (k8s/'s Redis asks for no password).
+            server = {e["name"]: e for e in next(containers(workload, init=False)).get("env", [])}
+            assert env.get("REDIS_PASSWORD") == server.get("REDIS_PASSWORD"), component
+        assert target.hostname in ("127.0.0.1", "localhost"), (component, target.hostname)
+
+
+def test_nginx_serves_stub_status_only_on_loopback(workloads: dict[str, Obj]) -> None:
+    conf = (K8S_DIR / "base" / "nginx.conf").read_text()
+    listens = stub_status_listens(conf)
+    assert len(listens) == 1
+    host, _, port = listens[0].rpartition(":")
+    assert host == "127.0.0.1"
+    # No other server shares its port (where `listen 0.0.0.0:PORT` would make it public), and no
+    # container declares it: it is not part of the pod's network surface.
+    others = [listen for server in nginx_servers(conf) if "stub_status" not in server
+              for listen in re.findall(r"^\s*listen ([^\s;]+)", server, re.M)]
+    assert others
+    assert not [listen for listen in others if listen.endswith(f":{port}")], others
+    assert int(port) not in pod_ports(workloads["balancer"])
