@@ -130,6 +130,8 @@ def sections(instances: int) -> list[tuple[str, list[str]]]:
          ["direct-exact/me", *peers["exact"]]),
         ("5b. sessions without a store round trip per request: one process direct",
          ["direct-near/me", *peers["near"]]),
+        *((f"6{part}. what the metrics cost, {mode}: GET /api/me, one process direct, METRICS=0 vs as shipped",
+           [f"direct-{mode}-m0/me", f"direct-{mode}/me"]) for part, mode in zip("ab", MODES, strict=True)),
     ]
 
 
@@ -207,6 +209,8 @@ def summarize(spec: BenchSpec, found: Measurements, runtime_s: float) -> BenchSu
                                           - results["direct-1conn/healthz"].p50_ms)),
         modes=modes(results, n),
         redis_vs_memory_ratio={mode: _ratio(results, f"direct-{mode}/me", "direct-memory/me") for mode in MODES},
+        metrics_cost={mode: round(1 - _ratio(results, f"direct-{mode}/me", f"direct-{mode}-m0/me"), 3)
+                      for mode in MODES},
         background_cpu_share=background_share(results),
         redis_background_per_s={name: {k: round(v, 2) for k, v in sorted(background_rate(w).items())}
                                 for name, w in found.idle.items()},
@@ -275,6 +279,10 @@ def table(summary: BenchSummary) -> str:
     lines.append("  redis_vs_memory_ratio  " + ", ".join(f"{mode} {v:.2f}" for mode, v in
                                                         summary.redis_vs_memory_ratio.items())
                  + "  GET /api/me vs in-process sessions, one instance direct")
+    if summary.metrics_cost:
+        lines.append("  metrics_cost           " + ", ".join(f"{mode} {v:+.1%}" for mode, v in
+                                                            summary.metrics_cost.items())
+                     + "  of GET /api/me's throughput, one process direct, against METRICS=0")
     lines.append("  scaling (/api/me)      " + ", ".join(f"{s.instances}: {s.me_vs_one:.2f}"
                                                         for s in summary.scaling))
     for mode, rows in summary.peers.items():

@@ -31,6 +31,9 @@ DEMO_CREDENTIALS = {"username": DEMO_USERNAME, "password": DEMO_PASSWORD}
 #: The session modes of the farm: the instances' environment for each. `near`: as shipped (a near
 #: cache of identities in front of Redis); `exact`: no near cache, one Redis round trip per request.
 MODES: dict[str, dict[str, str]] = {"near": {}, "exact": {"SESSION_NEAR_CACHE_S": "0"}}
+#: Each mode again on a one-instance farm of its own with the instances' metrics off (METRICS=0):
+#: what measuring every request costs, against direct-<mode>/me.
+UNMEASURED: dict[str, dict[str, str]] = {f"{mode}-m0": {**env, "METRICS": "0"} for mode, env in MODES.items()}
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,9 @@ def targets(stage: Stage, instances: int) -> list[Target]:
                (cookie["exact"],), fixed_rate=True),
         Target("direct-near/me", "web1 direct, GET /api/me, near cache", "near", f"{web1}/api/me",
                (cookie["near"],), fixed_rate=True),
+        *(Target(f"direct-{name}/me", f"web1 direct, GET /api/me, {name.removesuffix('-m0')}, METRICS=0",
+                 name, f"{stage.farms[name].config.web[0].url}/api/me",
+                 (login(stage.farms[name].config.web[0].url),)) for name in UNMEASURED),
         *(Target(f"{name}/me", f"{name}, GET /api/me", name, f"{peer.url}/api/me", (login(peer.url),),
                  fixed_rate=True) for name, peer in stage.peers.items()),
     ]
@@ -321,6 +327,9 @@ def run_bench(spec: BenchSpec) -> Measurements:
                     bench_farm(mode, spec.instances, "redis", spec.state_root, env), "native"))
             farms["memory"] = stack.enter_context(
                 running_farm(bench_farm("memory", 1, "memory", spec.state_root), "native"))
+            for name, env in UNMEASURED.items():
+                farms[name] = stack.enter_context(
+                    running_farm(bench_farm(name, 1, "redis", spec.state_root, env), "native"))
         except FarmError as exc:
             raise BenchError(str(exc)) from None
         stage = Stage(farms)

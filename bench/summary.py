@@ -164,6 +164,9 @@ class BenchSummary(BaseModel):
     balancer_latency_us: int
     modes: dict[str, ModeFigures]
     redis_vs_memory_ratio: dict[str, float]
+    #: mode -> the share of GET /api/me's throughput the instance's metrics cost (1 - with/without);
+    #: empty in summaries from before they were measured.
+    metrics_cost: dict[str, float] = {}
     background_cpu_share: float
     redis_background_per_s: dict[str, PerCommand]
     scaling: list[ScalingRow]

@@ -21,6 +21,7 @@ CONFIGURATIONS = {
     "starsessions/me", "redis-getset/me", "starlette-cookie/me",
     "nginx-1/healthz", "nginx-1/me", "nginx-2/healthz", "nginx-2/me",
     "exact-nginx-2/healthz", "exact-nginx-2/me",
+    "direct-near-m0/me", "direct-exact-m0/me",  # METRICS=0: what the metrics cost
 }
 #: Measured open loop at a fixed rate as well.
 FIXED_RATE = {"direct/healthz", "direct-near/me", "direct-exact/me", "starsessions/me", "redis-getset/me",
@@ -55,7 +56,7 @@ def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -
     assert results["starlette-cookie/me"].redis_commands_total < 0.1
     assert results["nginx-2/healthz"].redis_commands_total < 0.1
     assert results["exact-nginx-2/healthz"].redis_commands_total < 0.1
-    assert set(summary.redis_background_per_s) == {"near", "exact", "memory"}
+    assert set(summary.redis_background_per_s) == {"near", "exact", "memory", "near-m0", "exact-m0"}
     assert all(sum(rates.values()) > 0 for rates in summary.redis_background_per_s.values())
 
     assert set(summary.modes) == {"near", "exact"}
@@ -72,6 +73,9 @@ def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -
     assert summary.balancer_ratio > 0
     assert summary.balancer_ratio_one_connection > 0
     assert set(summary.redis_vs_memory_ratio) == {"near", "exact"}
+    # A share of throughput, whatever its sign in a one-second round (a figure, not a speed test).
+    assert set(summary.metrics_cost) == {"near", "exact"}
+    assert all(-1 < cost < 1 for cost in summary.metrics_cost.values())
     assert [row.instances for row in summary.scaling] == [1, 2]
     assert all(row.me_vs_one > 0 and row.healthz_vs_one > 0 for row in summary.scaling)
     assert {name: set(rows) for name, rows in summary.peers.items()} == {
