@@ -1,7 +1,10 @@
 """Turn a ledger into the verdict: summary.json, the terminal table and the timeline chart."""
 
+import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -10,8 +13,9 @@ import matplotlib.pyplot as plt
 
 from loadtest.faults import MODES, Kill, recorded_as
 from loadtest.ledger import BROKEN_PROMISES, Ledger, Outcome, RequestRecord, percentile
+from loadtest.serverside import ServerView
 from loadtest.storm import PATHS
-from loadtest.summary import Comparison, FaultRow, LoadSummary
+from loadtest.summary import Comparison, FaultRow, LoadSummary, ServerSide
 
 #: Requests that start within this many seconds after a kill count as "after a kill".
 AFTER_KILL_WINDOW_S = 5.0
@@ -22,7 +26,8 @@ FAILURE_COLOURS = {
 
 
 def summarize(ledger: Ledger, users: int, instances: int, *, session_backend: str | None = None,
-              balance: str | None = None, redis: str | None = None, runtime: str | None = None) -> LoadSummary:
+              balance: str | None = None, redis: str | None = None, runtime: str | None = None,
+              server_side: ServerSide | None = None) -> LoadSummary:
     outcomes = ledger.outcomes()
     failures: dict[Outcome, int] = {o: outcomes.get(o.value, 0) for o in Outcome if o is not Outcome.OK}
     duration = max(ledger.stopped_at - ledger.started_at, 1e-9)
@@ -64,6 +69,7 @@ def summarize(ledger: Ledger, users: int, instances: int, *, session_backend: st
         unrecovered=unrecovered,
         faults=rows,
         p99_between_faults_ms=calm_p99,
+        server_side=server_side,
     )
 
 
@@ -118,10 +124,30 @@ def verdict_table(summary: LoadSummary) -> str:
         latency_row,
         *((f"  {outcome.value}", str(n)) for outcome, n in summary.failures.items()),
         ("per instance", ", ".join(f"{k}: {v}" for k, v in summary.per_instance.items())),
+        *server_side_rows(summary),
     ]
     width = max(len(k) for k, _ in rows)
     table = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
     return table if mode.overlapping else table + "\n\n" + fault_table(faults)
+
+
+def server_side_rows(summary: LoadSummary) -> list[tuple[str, str]]:
+    """Prometheus' count beside Locust's, in all and per instance. They differ: the ledger has no
+    sign-up or first sign-in, nginx may replay a request on a second instance, a killed instance
+    takes what it answered since its last scrape with it, and a request no instance answered is
+    only the ledger's."""
+    server = summary.server_side
+    if server is None:
+        return []
+    if not server.reachable:
+        return [("server side", f"none: {server.note}")]
+    rows = [("server side", f"Prometheus counted {server.requests} requests (Locust {summary.requests}), "
+                            f"{sum(i.errors_5xx for i in server.instances.values())} of them 5xx")]
+    for name, counts in server.instances.items():
+        p99 = "-" if counts.max_p99_ms is None else f"{counts.max_p99_ms} ms"
+        rows.append((f"  {name}", f"{counts.requests} (Locust {summary.per_instance.get(name, 0)}), "
+                                  f"{counts.errors_5xx} 5xx, max p99 {p99}"))
+    return rows
 
 
 def fault_table(faults: list[FaultRow]) -> str:
@@ -145,8 +171,17 @@ def fault_table(faults: list[FaultRow]) -> str:
     return "\n".join(lines)
 
 
-def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
-    """Throughput and failures per second, per-instance share, with kill and return markers."""
+def timeline_chart(ledger: Ledger, path: Path, title: str, server: ServerView | None = None) -> None:
+    """timeline.png: see timeline_figure."""
+    fig = timeline_figure(ledger, title, server)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def timeline_figure(ledger: Ledger, title: str, server: ServerView | None = None) -> Any:
+    """Throughput and failures per second, per-instance share, with kill and return markers; below
+    them, with `server`'s series, what the farm's Prometheus saw of each instance over the same
+    seconds (request and 5xx rate, p99), the faults marked alike."""
     t0 = ledger.started_at
     seconds = int(ledger.stopped_at - t0) + 1
     ok = [0] * seconds
@@ -161,7 +196,11 @@ def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
         if r.served_by:
             served[r.served_by][second] += 1
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=[3, 2])
+    drawn = server if server is not None and server.rate else None
+    if drawn:
+        fig, (top, bottom, rate, p99) = plt.subplots(4, 1, figsize=(11, 12), sharex=True, height_ratios=[3, 2, 2, 2])
+    else:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=[3, 2])
     xs = list(range(seconds))
     top.bar(xs, ok, color="#98df8a", width=1.0, label="ok")
     base = list(ok)
@@ -171,21 +210,16 @@ def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
             top.bar(xs, counts, bottom=base, color=colour, width=1.0, label=outcome.value.replace("_", " "))
             base = [b + c for b, c in zip(base, counts, strict=True)]
     names = sorted(served)
+    # One colour per instance on every panel, the client's share and the server's lines alike.
+    colours = {name: f"C{i}" for i, name in enumerate(sorted(set(names) | set(drawn.rate if drawn else ())))}
     totals = [sum(served[n][s] for n in names) or 1 for s in range(seconds)]
-    bottom.stackplot(xs, *[[served[n][s] / totals[s] * 100 for s in range(seconds)] for n in names], labels=names)
-    for f in ledger.faults:
-        kind = recorded_as(f.kind)
-        colour, start, end = kind.colour, f.at - t0, (f.lifted_at or ledger.stopped_at) - t0
-        if kind.instant:
-            for axis in (top, bottom):
-                axis.axvline(start, color=colour, linestyle="--", linewidth=1)
-        else:  # from the fault's start to its end (lifted, or the farm's restart): shaded behind the
-            top.axvspan(start, end, color=colour, alpha=0.3, linewidth=0, zorder=0)  # bars, bounds on the shares
-            for x in (start, end):
-                bottom.axvline(x, color=colour, linewidth=1.5)
-        for axis in (top, bottom):
-            if f.recovered_at:
-                axis.axvline(f.recovered_at - t0, color="#2ca02c", linestyle=":", linewidth=1)
+    bottom.stackplot(xs, *[[served[n][s] / totals[s] * 100 for s in range(seconds)] for n in names], labels=names,
+                     colors=[colours[n] for n in names])
+    shaded = [top]
+    if drawn:
+        server_panels(drawn, top, rate, p99, colours)
+        shaded += [rate, p99]
+    mark_faults(ledger, shaded=shaded, bounded=[bottom])
     for f in ledger.faults:
         top.annotate(f"{f.kind} {f.name}", (f.at - t0, top.get_ylim()[1]), rotation=90, va="top", ha="right",
                      fontsize=8, color=recorded_as(f.kind).colour)
@@ -193,14 +227,61 @@ def timeline_chart(ledger: Ledger, path: Path, title: str) -> None:
     top.set_title(title)
     top.legend(loc="lower left", fontsize=8, ncols=4)
     bottom.set_ylabel("share served (%)")
-    shaded = any(not recorded_as(f.kind).instant for f in ledger.faults)
-    bottom.set_xlabel("seconds (red dashes: kill, green dots: back in service" +
-                      (", shaded and bounded in the colour of its label: a fault, start to end)" if shaded else ")"))
+    spans = any(not recorded_as(f.kind).instant for f in ledger.faults)
+    missing = f"\nserver side: none, {server.summary.note or 'Prometheus has no series of the run'}" \
+        if server is not None and not drawn else ""
+    (p99 if drawn else bottom).set_xlabel(
+        "seconds (red dashes: kill, green dots: back in service" +
+        (", shaded and bounded in the colour of its label: a fault, start to end)" if spans else ")") + missing)
     bottom.set_ylim(0, 100)
     bottom.legend(loc="lower left", fontsize=8, ncols=len(names) or 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def server_panels(server: ServerView, top: Any, rate: Any, p99: Any, colours: dict[str, str]) -> None:
+    """Prometheus' view: its count of all instances over the client's bars, and per instance its
+    request rate (5xx dashed) and p99, one line each - broken where it has no figure."""
+    window = f"{server.summary.rate_window_s:g} s rate"
+    # The farm's rate: the instances' that have a figure at that time.
+    farm = [sum(v for v in values if math.isfinite(v)) if any(math.isfinite(v) for v in values) else math.nan
+            for values in zip(*server.rate.values(), strict=True)]
+    top.plot(server.times, farm, color="black", linewidth=1.2, label=f"server side, all ({window})")
+    for name, values in server.rate.items():
+        rate.plot(server.times, values, color=colours[name], linewidth=1.5, label=name)
+        if any(v > 0 for v in server.errors.get(name, [])):
+            rate.plot(server.times, server.errors[name], color=colours[name], linestyle="--", linewidth=1.2,
+                      label=f"{name} 5xx")
+    for name, values in server.p99_ms.items():
+        p99.plot(server.times, values, color=colours.get(name, "black"), linewidth=1.5, label=name)
+    rate.set_ylabel(f"server side\nrequests / s ({window})")
+    rate.set_ylim(bottom=0)
+    rate.legend(loc="lower left", fontsize=8, ncols=2 * len(server.rate) or 1)
+    p99.set_ylabel("server side\np99 (ms, histogram)")
+    p99.set_yscale("log")
+
+
+def mark_faults(ledger: Ledger, shaded: Sequence[Any], bounded: Sequence[Any]) -> None:
+    """Each fault on the timeline's panels: a kill (an instant fault) as a dashed line on every one;
+    another from its start to its end (lifted, or the farm's restart) shaded on `shaded` (behind
+    bars and lines), bounded by two lines on `bounded` (where a stackplot would hide a shade); its
+    return to service as a green dotted line."""
+    t0 = ledger.started_at
+    for f in ledger.faults:
+        kind = recorded_as(f.kind)
+        colour, start, end = kind.colour, f.at - t0, (f.lifted_at or ledger.stopped_at) - t0
+        if kind.instant:
+            for axis in (*shaded, *bounded):
+                axis.axvline(start, color=colour, linestyle="--", linewidth=1)
+        else:
+            for axis in shaded:
+                axis.axvspan(start, end, color=colour, alpha=0.3, linewidth=0, zorder=0)
+            for axis in bounded:
+                for x in (start, end):
+                    axis.axvline(x, color=colour, linewidth=1.5)
+        if f.recovered_at:
+            for axis in (*shaded, *bounded):
+                axis.axvline(f.recovered_at - t0, color="#2ca02c", linestyle=":", linewidth=1)
 
 
 def comparison_chart(comparison: Comparison, path: Path) -> None:

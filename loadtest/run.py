@@ -11,6 +11,7 @@ from farmctl.runtime import Farm, FarmError
 from loadtest.faults import INSTANCES, MIXED, ChaosMode
 from loadtest.ledger import Ledger, Outcome
 from loadtest.report import comparison_chart, summarize, timeline_chart
+from loadtest.serverside import observe
 from loadtest.summary import Comparison, LoadSummary
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -43,7 +44,8 @@ def check_chaos(farm: Farm, spec: LoadSpec) -> None:
 
 def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm load test") -> LoadSummary:
     """Run one load test against `farm`, which is up (see farmctl.lifecycle); returns the summary and
-    writes summary.json, report.html, timeline.png."""
+    writes summary.json, report.html, timeline.png - with the farm's Prometheus, if it has one, for
+    what the servers saw of the same run (loadtest.serverside)."""
     check_chaos(farm, spec)
     config = farm.config
     out.mkdir(parents=True, exist_ok=True)
@@ -68,10 +70,12 @@ def run_scenario(farm: Farm, spec: LoadSpec, out: Path, title: str = "webfarm lo
     finally:
         mode.mend(farm)  # a Locust that died mid-fault must not leave a process stopped or cut off
     ledger = Ledger.load(out / "ledger.json")
+    server = observe(config, ledger.started_at, ledger.stopped_at)
     summary = summarize(ledger, spec.users, config.instances, session_backend=config.session_backend,
-                        balance=config.balance, redis=config.redis_mode, runtime=farm.name)
+                        balance=config.balance, redis=config.redis_mode, runtime=farm.name,
+                        server_side=server.summary)
     summary.write(out / "summary.json")
-    timeline_chart(ledger, out / "timeline.png", f"{title}: {summary.verdict}")
+    timeline_chart(ledger, out / "timeline.png", f"{title}: {summary.verdict}", server)
     return summary
 
 

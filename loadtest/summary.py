@@ -30,8 +30,30 @@ class FaultRow(BaseModel):
     storm: dict[str, int] | None = Field(default=None, exclude_if=lambda counts: counts is None)
 
 
+class InstanceCounts(BaseModel):
+    """One instance over the run, as its Prometheus counted it (the probes' routes left out)."""
+
+    requests: int
+    errors_5xx: int
+    #: The highest p99 of its latency histogram over any rate window of the run (None: no requests).
+    max_p99_ms: float | None
+
+
+class ServerSide(BaseModel):
+    """The run as the farm's Prometheus saw it (loadtest.serverside); without one, or one that did
+    not answer, `reachable` is false, `note` says why and there are no figures."""
+
+    prometheus: str | None = None
+    reachable: bool
+    note: str = ""
+    rate_window_s: float | None = None
+    requests: int | None = None
+    instances: dict[str, InstanceCounts] = {}
+
+
 class LoadSummary(BaseModel):
-    """One run. The fields after `p99_steady_ms` came with the gray faults: older summaries lack them."""
+    """One run. The fields after `p99_steady_ms` came with the gray faults, `server_side` with the
+    farm's Prometheus: older summaries lack them."""
 
     verdict: Literal["PASS", "FAIL"]
     session_backend: str | None = None
@@ -63,6 +85,7 @@ class LoadSummary(BaseModel):
     unrecovered: int = 0
     faults: list[FaultRow] = []
     p99_between_faults_ms: float | None = None
+    server_side: ServerSide | None = None
 
     @property
     def passed(self) -> bool:
