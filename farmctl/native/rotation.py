@@ -6,6 +6,7 @@ letting go, so neither undoes the other's change. nginx's config marks every nam
 
 import fcntl
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +54,11 @@ def editing(state_dir: Path) -> Iterator[Rotation]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rotation = read(state_dir)
         yield rotation
-        _path(state_dir).write_text(json.dumps({"draining": sorted(rotation.draining), "out": rotation.out}))
+        # Readers (out_of_rotation, the status) take no lock: they must see the old file or the new,
+        # never one truncated mid-write.
+        staged = _path(state_dir).with_suffix(".json.new")
+        staged.write_text(json.dumps({"draining": sorted(rotation.draining), "out": rotation.out}))
+        os.replace(staged, _path(state_dir))
 
 
 Change = Callable[[Rotation], object]
