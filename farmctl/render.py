@@ -18,6 +18,14 @@ SCRAPE_INTERVAL_S = 2
 PROXY_SECRET_CONF = "proxy-secret.conf"  # noqa: S105 - a file name
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write, then rename: nothing ever reads half of the file (a reader that takes no lock, or a
+    process in another container)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def template_env(directory: Path) -> Environment:
     return Environment(loader=FileSystemLoader(directory), undefined=StrictUndefined,
                        keep_trailing_newline=True, autoescape=False)  # noqa: S701 - config files, not HTML

@@ -32,8 +32,9 @@ from typing import TypedDict
 import httpx
 from prometheus_client import REGISTRY, start_http_server
 
-from farmctl.docker.render import DOCKER_CONFIG_DIR, WEB_TARGETS, render_nginx_docker, web_targets, write_whole
+from farmctl.docker.render import DOCKER_CONFIG_DIR, WEB_TARGETS, render_nginx_docker, web_targets
 from farmctl.health import PROBE_EVERY_S, PROBE_TIMEOUT_S, Instance, RotationMetrics, decide, probe
+from farmctl.render import write_whole
 
 log = logging.getLogger("health")
 CONFIG_DIR = Path(DOCKER_CONFIG_DIR)

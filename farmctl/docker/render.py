@@ -15,6 +15,7 @@ from farmctl.render import (
     render_nginx_in_a_container,
     render_prometheus_config,
     render_template,
+    write_whole,
 )
 from farmctl.secret import proxy_secret_conf
 
@@ -69,13 +70,6 @@ def web_targets(instances: int) -> str:
     """web1..webN for Prometheus' file-based discovery, each labelled as natively (farm_instance)."""
     return json.dumps([{"targets": [f"web{i}:8000"], "labels": {"farm_instance": f"web{i}"}}
                        for i in range(1, instances + 1)], indent=2)
-
-
-def write_whole(path: Path, text: str) -> None:
-    """Write, then rename: nothing ever reads half of the file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:

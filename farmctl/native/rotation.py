@@ -6,7 +6,6 @@ letting go, so neither undoes the other's change. nginx's config marks every nam
 
 import fcntl
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from farmctl.render import write_whole
 from farmctl.runtime import FarmError
 from farmctl.wait import wait_until
 
@@ -54,11 +54,8 @@ def editing(state_dir: Path) -> Iterator[Rotation]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rotation = read(state_dir)
         yield rotation
-        # Readers (out_of_rotation, the status) take no lock: they must see the old file or the new,
-        # never one truncated mid-write.
-        staged = _path(state_dir).with_suffix(".json.new")
-        staged.write_text(json.dumps({"draining": sorted(rotation.draining), "out": rotation.out}))
-        os.replace(staged, _path(state_dir))
+        # Readers (out_of_rotation, the status) take no lock: they see the old file or the new.
+        write_whole(_path(state_dir), json.dumps({"draining": sorted(rotation.draining), "out": rotation.out}))
 
 
 Change = Callable[[Rotation], object]

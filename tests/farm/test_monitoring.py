@@ -19,6 +19,7 @@ from farmctl.native.render import render_prometheus
 from farmctl.render import SCRAPE_INTERVAL_S
 from farmctl.runtime import Farm
 from farmctl.wait import wait_until
+from loadtest.serverside import Prometheus, prometheus_url
 from tests.conftest import FarmFactory
 
 pytestmark = [
@@ -54,14 +55,15 @@ def test_a_broken_rule_fails_its_unit_test(tmp_path: Path) -> None:
 
 
 def query(farm: Farm, expr: str) -> dict[str, float]:
-    """An instant query's result, by farm_instance (or farm_node, or job)."""
-    response = httpx.get(f"http://127.0.0.1:{farm.config.prometheus_port}/api/v1/query", params={"query": expr},
-                         timeout=5)
-    assert response.status_code == 200, response.text
+    """An instant query's result, by farm_instance (or farm_node, or job); PrometheusError for an
+    answer that is not a success."""
+    url = prometheus_url(farm.config)
+    assert url is not None
+
     def key(labels: dict[str, str]) -> str:
         return labels.get("farm_instance") or labels.get("farm_node") or labels.get("job", "")
 
-    return {key(r["metric"]): float(r["value"][1]) for r in response.json()["data"]["result"]}
+    return {key(labels): samples[0][1] for labels, samples in Prometheus(url).query(expr, time.time())}
 
 
 @pytest.fixture(scope="module", params=["native", "docker"])
