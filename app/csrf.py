@@ -11,6 +11,7 @@
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection, Mapping
 
 from fastapi import Request, Response
 
@@ -27,14 +28,24 @@ def from_our_origin(request: Request, settings: Settings) -> bool:
     Browsers send Origin with every POST, and Sec-Fetch-Site; a page cannot forge either. Origin is
     compared with ALLOWED_ORIGINS, never with Host: a DNS-rebinding page (its own name resolved to
     the farm's address) sends its own name in both. Non-browser clients send neither."""
-    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+    return origin_allowed(request.headers, settings.allowed_origins)
+
+
+def origin_allowed(headers: Mapping[str, str], allowed_origins: Collection[str]) -> bool:
+    """`from_our_origin` for any server's request headers (the console's too)."""
+    if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         return False
-    origin = request.headers.get("origin")
-    return origin is None or normalized_origin(origin) in settings.allowed_origins
+    origin = headers.get("origin")
+    return origin is None or normalized_origin(origin) in allowed_origins
+
+
+def sign(secret: str, purpose: str, value: str) -> str:
+    """The token for `value` used for `purpose`, under `secret` (the farm's CSRF secret)."""
+    return hmac.new(secret.encode(), f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
 def _sign(settings: Settings, purpose: str, value: str) -> str:
-    return hmac.new(settings.csrf_secret.encode(), f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+    return sign(settings.csrf_secret, purpose, value)
 
 
 def cookie_name(request: Request) -> str:

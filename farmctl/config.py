@@ -83,6 +83,8 @@ class FarmConfig(BaseSettings):
     nginx_status_port: int = Field(9092, description="nginx's stub_status, for its exporter only")
     nginx_exporter_port: int = 9093
     redis_exporter_port: int = Field(9094, description="one exporter for every Redis node and Sentinel (/scrape)")
+    console_port: int = Field(9089, description="the live console (with demo controls, natively), reached through "
+                                                "nginx at /console/; 0: none")
 
     @field_validator("sentinel_ports", mode="before")
     @classmethod
@@ -163,8 +165,14 @@ class FarmConfig(BaseSettings):
     @property
     def ports(self) -> list[int]:
         https = [self.https_port] if self.https_port else []
+        console = [self.console_port] if self.console else []
         return [self.http_port, *https, *self.redis_nodes.values(), *self.sentinels.values(),
-                *(i.port for i in self.web), *self.monitoring.values()]
+                *(i.port for i in self.web), *self.monitoring.values(), *console]
+
+    @property
+    def console(self) -> bool:
+        """The live console runs (console/): only a demo has one, for it breaks the farm on request."""
+        return self.demo_controls and bool(self.console_port)
 
     @property
     def monitoring(self) -> dict[str, int]:

@@ -37,8 +37,8 @@ def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel:
                 monitoring: bool = False) -> dict[str, object]:
     """The ports of a farm in one free block: the balancer, Redis, HTTPS (if any), the instances
     (with `spare` ports after them to scale into), then the replica and the three Sentinels (if
-    any), then the monitoring's (if any; else no Prometheus). Keys are FarmConfig's field names."""
-    size = 2 + https + instances + spare + 4 * sentinel + len(MONITORING_PORTS) * monitoring
+    any), then the monitoring's (if any; else no Prometheus), then the console's. Keys are FarmConfig's field names."""
+    size = 2 + https + instances + spare + 4 * sentinel + len(MONITORING_PORTS) * monitoring + 1
     base = free_port_block(size)
     base_port = base + 2 + https
     ports: dict[str, object] = {"http_port": base, "redis_port": base + 1, "https_port": base + 2 if https else 0,
@@ -46,9 +46,9 @@ def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel:
     if sentinel:
         replica = base_port + instances + spare
         ports |= {"replica_port": replica, "sentinel_ports": (replica + 1, replica + 2, replica + 3)}
-    first = base + size - len(MONITORING_PORTS)
+    first = base + size - 1 - len(MONITORING_PORTS)
     ports |= {name: first + i for i, name in enumerate(MONITORING_PORTS)} if monitoring else {"prometheus_port": 0}
-    return ports
+    return ports | {"console_port": base + size - 1}
 
 
 def on_free_ports(config: FarmConfig, spare: int = 0) -> FarmConfig:

@@ -37,8 +37,10 @@ def render_template(template: Path, **values: object) -> str:
 
 def render_nginx(runtime: str, **values: object) -> str:
     """nginx/nginx.conf.j2 for `runtime`, with the timeouts every runtime shares; `status_port`:
-    a server of nginx's stub_status for the farm's exporter, on `status_host` (loopback by default)."""
+    a server of nginx's stub_status for the farm's exporter, on `status_host` (loopback by default);
+    `console_port`: the live console's (console/) on loopback, at /console/."""
     values.setdefault("status_port", 0)
+    values.setdefault("console_port", 0)
     values.setdefault("status_host", "127.0.0.1")
     return render_template(
         NGINX_TEMPLATE,

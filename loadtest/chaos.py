@@ -86,57 +86,65 @@ class Chaos:
         if (victim := kind.pick_victim(self.farm, self.down)) is None:
             return
         fault = kind(self.scene, victim)
-        record = self._inject(fault)
+        record = inject(fault, self.ledger)
+        self.down.add(fault.victim)
         if self.mode.overlapping:
             threading.Thread(target=self._watch, args=(fault, record), daemon=True).start()
         else:
             self._watch(fault, record)
 
-    def _inject(self, fault: FaultKind) -> Fault:
-        sent_at = time.time()
-        try:
-            fault.inject()
-        except Exception:
-            self.ledger.faults.append(Fault(fault.name, fault.victim, sent_at, sent_at, fault.signal,
-                                            lifted_at=time.time()))
-            raise
-        record = Fault(fault.name, fault.victim, time.time(), sent_at, fault.signal)
-        if fault.instant:
-            record.lifted_at = record.at
-        self.ledger.faults.append(record)
-        self.down.add(fault.victim)
-        log.info("chaos: %s %s at +%.1fs", f"SIG{fault.signal}" if fault.signal else fault.name, fault.victim,
-                 record.at - self.ledger.started_at)
-        return record
-
     def _watch(self, fault: FaultKind, record: Fault) -> None:
-        """Every POLL_S: note when the farm detects the fault; lift it after its `hold_s` unless it
-        has ended first (the farm restarted a hung instance, the burst is over); then time the
-        recovery, for at most RETURN_TIMEOUT_S after `hold_s`. Lifted whatever happens."""
-        ended_itself = False
         try:
-            while time.time() < record.at + fault.hold_s + RETURN_TIMEOUT_S:
-                if record.detected_at is None and fault.detected():
-                    record.detected_at = time.time()
-                if record.lifted_at is None:
-                    ended_itself = fault.ended()
-                    if ended_itself or time.time() >= record.at + fault.hold_s:
-                        if not ended_itself:
-                            fault.lift()
-                        record.lifted_at = time.time()
-                        log.info("chaos: %s %s %s after %.1fs", record.kind, record.name,
-                                 "ended" if ended_itself else "lifted", record.lifted_at - record.at)
-                elif fault.recovered():
-                    record.recovered_at = time.time()
-                    log.info("chaos: %s %s recovered %.1fs after it ended", record.kind, record.name,
-                             record.recovered_at - record.lifted_at)
-                    break
-                time.sleep(POLL_S)
-            else:
-                log.error("chaos: %s %s NOT recovered within %.0fs", record.kind, record.name, RETURN_TIMEOUT_S)
+            watch(fault, record)
         finally:
-            if record.lifted_at is None:  # an error mid-fault: never leave a stopped or cut-off process behind
-                fault.lift()
-                record.lifted_at = time.time()
             self.down.discard(record.name)
-        fault.settle(record, ended_itself)
+
+
+def inject(fault: FaultKind, ledger: Ledger) -> Fault:
+    """Cause `fault` and record it in `ledger`; a fault that could not be caused is recorded as
+    lifted at once and never recovered, and raises."""
+    sent_at = time.time()
+    try:
+        fault.inject()
+    except Exception:
+        ledger.faults.append(Fault(fault.name, fault.victim, sent_at, sent_at, fault.signal, lifted_at=time.time()))
+        raise
+    record = Fault(fault.name, fault.victim, time.time(), sent_at, fault.signal)
+    if fault.instant:
+        record.lifted_at = record.at
+    ledger.faults.append(record)
+    log.info("chaos: %s %s at +%.1fs", f"SIG{fault.signal}" if fault.signal else fault.name, fault.victim,
+             record.at - ledger.started_at)
+    return record
+
+
+def watch(fault: FaultKind, record: Fault) -> None:
+    """Every POLL_S: note when the farm detects the fault; lift it after its `hold_s` unless it
+    has ended first (the farm restarted a hung instance, the burst is over); then time the
+    recovery, for at most RETURN_TIMEOUT_S after `hold_s`. Lifted whatever happens."""
+    ended_itself = False
+    try:
+        while time.time() < record.at + fault.hold_s + RETURN_TIMEOUT_S:
+            if record.detected_at is None and fault.detected():
+                record.detected_at = time.time()
+            if record.lifted_at is None:
+                ended_itself = fault.ended()
+                if ended_itself or time.time() >= record.at + fault.hold_s:
+                    if not ended_itself:
+                        fault.lift()
+                    record.lifted_at = time.time()
+                    log.info("chaos: %s %s %s after %.1fs", record.kind, record.name,
+                             "ended" if ended_itself else "lifted", record.lifted_at - record.at)
+            elif fault.recovered():
+                record.recovered_at = time.time()
+                log.info("chaos: %s %s recovered %.1fs after it ended", record.kind, record.name,
+                         record.recovered_at - record.lifted_at)
+                break
+            time.sleep(POLL_S)
+        else:
+            log.error("chaos: %s %s NOT recovered within %.0fs", record.kind, record.name, RETURN_TIMEOUT_S)
+    finally:
+        if record.lifted_at is None:  # an error mid-fault: never leave a stopped or cut-off process behind
+            fault.lift()
+            record.lifted_at = time.time()
+    fault.settle(record, ended_itself)

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
+from farmctl.health import LIVENESS_S
 from farmctl.runtime import Capability, Farm
 from farmctl.wait import answers
 from loadtest.ledger import Fault, Ledger
@@ -65,8 +66,9 @@ class FaultKind(ABC):
     colour: ClassVar[str]
     #: Whom it hits, for the run's description ("a SIGKILL to an instance").
     target: ClassVar[str] = "an instance"
-    #: How long the chaos holds it before lifting it (unless it ends first, see `ended`).
-    hold_s: ClassVar[float] = 0.0
+    #: How long the chaos holds it before lifting it (unless it ends first, see `ended`); one fault
+    #: may be held for another time (the console's "hang for N s").
+    hold_s: float = 0.0
     #: It ends as it is caused (a kill): nothing to lift; a line on the timeline, not a span.
     instant: ClassVar[bool] = False
     #: CHAOS=<name> runs this kind alone, one fault at a time.
@@ -74,10 +76,12 @@ class FaultKind(ABC):
     #: CHAOS=mixed includes it.
     in_mixed: ClassVar[bool] = True
 
-    def __init__(self, scene: Scene, victim: str) -> None:
+    def __init__(self, scene: Scene, victim: str, hold_s: float | None = None) -> None:
         self.scene = scene
         self.farm = scene.farm
         self.victim = victim
+        if hold_s is not None:
+            self.hold_s = hold_s
 
     @classmethod
     def refusal(cls, farm: Farm) -> str | None:
@@ -201,8 +205,8 @@ class Hang(Paused):
     #: this leaves it time to, and to be seen restarted.
     hold_s = 15.0
 
-    def __init__(self, scene: Scene, victim: str) -> None:
-        super().__init__(scene, victim)
+    def __init__(self, scene: Scene, victim: str, hold_s: float | None = None) -> None:
+        super().__init__(scene, victim, hold_s)
         self.pid = self.farm.pid(victim)
 
     @classmethod
@@ -225,7 +229,8 @@ class Hang(Paused):
         return _in_rotation(self.farm, self.victim)
 
     def settle(self, fault: Fault, ended_itself: bool) -> None:
-        fault.restarted = ended_itself
+        # A hang shorter than the liveness bound is not the farm's to end: it only has to hold it out.
+        fault.restarted = ended_itself if self.hold_s > LIVENESS_S else None
 
 
 class RedisStall(Paused):
@@ -306,8 +311,8 @@ class LoginStorm(FaultKind):
     target = "the farm"
     hold_s = 30.0
 
-    def __init__(self, scene: Scene, victim: str) -> None:
-        super().__init__(scene, victim)
+    def __init__(self, scene: Scene, victim: str, hold_s: float | None = None) -> None:
+        super().__init__(scene, victim, hold_s)
         self.storm = Storm(self.farm.config.balancer_url)
         self.burst = threading.Thread(target=self.storm.run, daemon=True)
 

@@ -73,7 +73,8 @@ class Fault:
     detected_at: float | None = None
     lifted_at: float | None = None
     recovered_at: float | None = None
-    #: hang: whether the farm restarted the instance (False: the chaos had to resume it).
+    #: hang: whether the farm restarted the instance (False: the chaos had to resume it; None: a hang
+    #: shorter than the liveness bound, which the farm only has to hold out of the rotation).
     restarted: bool | None = None
     #: storm: its requests admitted / refused / failed, per path.
     counts: dict[str, int] = field(default_factory=dict)

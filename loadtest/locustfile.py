@@ -35,6 +35,13 @@ chaos: Chaos | None = None
 log = logging.getLogger("loadtest")
 
 
+def record_into(new: Ledger) -> None:
+    """The users record into `new` from now on: the console's crowds (console/crowd.py) run these
+    users in its own process, each crowd with a ledger of its own."""
+    global ledger
+    ledger = new
+
+
 class FromOwnAddress(LocustHttpAdapter):
     """Connect from a loopback address of one's own (see loadtest.addresses)."""
 

@@ -191,7 +191,7 @@ class NativeFarm:
     def status(self) -> list[ProcessStatus]:
         ports = {i.name: i.port for i in self.config.web} | self.config.redis_nodes | self.config.sentinels | {
             "nginx": self.config.http_port}
-        ports |= self.config.monitoring
+        ports |= self.config.monitoring | ({"console": self.config.console_port} if self.config.console else {})
         ha = self.config.replace(redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
         if not self.is_running():
             if left := self.supervisor.session():
@@ -276,6 +276,8 @@ class NativeFarm:
             bad.append("redis")
         elif self.config.sentinel and not self.failover_ready():
             bad.extend(["redis-replica", *self.config.sentinels])
+        if self.config.console and not answers(f"http://127.0.0.1:{self.config.console_port}/console/healthz", 1):
+            bad.append("console")
         return bad
 
     def wait_healthy(self, timeout_s: float = 60) -> None:

@@ -54,6 +54,7 @@ def render_nginx_native(config: FarmConfig, down: Collection[str] = ()) -> str:
         # nginx started by root drops its workers to `nobody`, who cannot read a private state dir.
         run_as=getpass.getuser() if os.geteuid() == 0 else None,
         status_port=config.monitoring.get("nginx-status", 0),
+        console_port=config.console_port if config.console else 0,
     )
 
 
@@ -102,6 +103,7 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         instances=config.web,
         env=lambda inst: instance_env(config, inst),
         monitoring=config.monitoring,
+        console=config.console,
         binaries={name: require_binary(name) for name in MONITORING_BINARIES} if config.monitoring else {},
     )
 
@@ -153,7 +155,7 @@ def write_configs(config: FarmConfig, starting: bool) -> None:
             "prometheus (or PROMETHEUS_PORT=0: no Prometheus)"
         ) from None
     (config.state_dir / "supervisord.conf").write_text(supervisord_conf)
-    (config.state_dir / "farm.json").write_text(config.model_dump_json())  # for farmctl/native/health.py
+    (config.state_dir / "farm.json").write_text(config.model_dump_json())  # for the health loop and the console
     if config.prometheus_port:
         (config.state_dir / "prometheus.yml").write_text(render_prometheus(config))
     secret_conf = proxy_secret_path(config.state_dir)

@@ -2,39 +2,29 @@
 lose the instance that served you, and stay signed in with your cart."""
 
 import secrets
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from app.config import DEMO_PASSWORD, DEMO_USERNAME, SESSION_COOKIE
 from farmctl.runtime import Farm
+from tests.browser.conftest import (
+    TIMEOUT_MS,
+    demo_login,
+    new_context,
+    screenshot,
+    sign_in,
+    submit_credentials,
+    wait_until,
+)
 from tests.conftest import FarmFactory
 
 pytestmark = pytest.mark.browser
 
-SHOTS = Path(__file__).resolve().parents[2] / "reports" / "e2e"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 10_000
 PASSWORD = "e2e-password-123"
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(0.1)
-
-
-def demo_login(farm: Farm) -> httpx.Response:
-    return httpx.post(f"{farm.config.balancer_url}/api/login",
-                      json={"username": DEMO_USERNAME, "password": DEMO_PASSWORD}, timeout=10)
 
 
 def restarted(farm: Farm, name: str, old_pid: int) -> bool:
@@ -55,53 +45,11 @@ def healthy_farm(e2e_farm: Farm) -> None:
     e2e_farm.wait_healthy(20)
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(executable).exists():
-        pytest.fail(f"no Chromium at {executable}: install it (`make test` does: apt-get install chromium)")
-    browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
-
-
-def new_context(browser: Browser, farm: Farm, javascript: bool = True) -> BrowserContext:
-    context = browser.new_context(base_url=farm.config.balancer_url, java_script_enabled=javascript,
-                                  viewport={"width": 1100, "height": 800})
-    context.set_default_timeout(TIMEOUT_MS)
-    return context
-
-
 @pytest.fixture
 def page(browser: Browser, e2e_farm: Farm) -> Iterator[Page]:
     context = new_context(browser, e2e_farm)
     yield context.new_page()
     context.close()
-
-
-def screenshot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SHOTS / name, full_page=True)
-
-
-def submit_credentials(page: Page, username: str, password: str) -> None:
-    """Fill and send the login or register form on the current page; land on the dashboard."""
-    page.fill("#username", username)
-    page.fill("#password", password)
-    page.click("form button[type=submit]")
-    page.wait_for_url("**/dashboard")
-    expect(page.locator("h1")).to_have_text(f"Signed in as {username}")
-
-
-def sign_in(page: Page, username: str, password: str) -> None:
-    page.goto("/login")
-    submit_credentials(page, username, password)
 
 
 def reload(page: Page) -> int:
