@@ -65,7 +65,12 @@ class Crowd:
         summary = summarize(self.ledger, self.users, self.farm.config.instances,
                             session_backend=self.farm.config.session_backend, runtime=self.farm.name)
         self.verdict = summary.verdict
-        log.info("console: the crowd ended: %s, %s", summary.verdict, dict(summary.failures))
+        out = self.farm.config.state_dir / "console"
+        out.mkdir(exist_ok=True)
+        self.ledger.save(out / "ledger.json")  # the last crowd's, every request and fault, as make loadtest's
+        summary.write(out / "summary.json")
+        log.info("console: the crowd ended: %s, %s (%s)", summary.verdict,
+                 {o.value: n for o, n in summary.failures.items()}, out)
 
     def as_dict(self) -> dict[str, object]:
         outcomes = self.ledger.outcomes()

@@ -5,6 +5,7 @@ Pure bookkeeping, no Locust here: the locustfile records into a Ledger, the repo
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -122,6 +123,14 @@ class Ledger:
             return Outcome.INDETERMINATE
         return Outcome.REQUEST_ERROR
 
+    def settled(self, start: float, end: float, at: float) -> bool:
+        """Whether, at `at`, every fault a request from `start` to `end` overlapped is over (lifted
+        FAULT_SLACK_S ago): what it left behind - a request in a frozen instance's socket, a command
+        in a stalled Redis's - has been applied by then, or never will be."""
+        return all(f.lifted_at is not None and f.lifted_at + FAULT_SLACK_S <= at for f in self.faults
+                   if start <= (math.inf if f.lifted_at is None else f.lifted_at) + FAULT_SLACK_S
+                   and end >= f.sent_at)
+
     def record(self, start: float, end: float, method: str, name: str, status: int, served_by: str,
                outcome: Outcome) -> None:
         self.requests.append(RequestRecord(start, end, method, name, status, served_by, outcome.value))
@@ -137,23 +146,40 @@ class Ledger:
         return TypeAdapter(cls).validate_json(path.read_text())
 
 
+@dataclass(frozen=True)
+class Pending:
+    """An add of unknown fate, and the span of its request."""
+
+    sku: str
+    qty: int
+    start: float
+    end: float
+
+
 @dataclass
 class CartBook:
     """What one user knows about its own cart: confirmed adds, and adds of unknown fate."""
 
     confirmed: Counter[str] = field(default_factory=Counter)
-    uncertain: Counter[str] = field(default_factory=Counter)
+    pending: list[Pending] = field(default_factory=list)
 
-    def check(self, actual: dict[str, int]) -> Outcome:
-        """Compare the server's cart with the book, then believe the server for what comes next."""
+    def check(self, actual: dict[str, int], settled: Callable[[Pending], bool] = lambda _: True) -> Outcome:
+        """Compare the server's cart with the book, then believe the server for what comes next.
+
+        An add of unknown fate may show up, or not; once it is `settled` (the faults it met are
+        over: see Ledger.settled), one that has not shown up never will. Until then it may still
+        be applied - a request held by a frozen instance, or by a stalled Redis, is applied when
+        that one resumes - and it stays pending."""
         outcome = Outcome.OK
+        maybe: Counter[str] = Counter()
+        for add in self.pending:
+            maybe[add.sku] += add.qty
         for sku in set(self.confirmed) | set(actual):
-            have, want, maybe = actual.get(sku, 0), self.confirmed[sku], self.uncertain[sku]
+            have, want = actual.get(sku, 0), self.confirmed[sku]
             if have < want:
                 outcome = Outcome.LOST_UPDATE
-            elif have > want + maybe and outcome is Outcome.OK:
+            elif have > want + maybe[sku] and outcome is Outcome.OK:
                 outcome = Outcome.PHANTOM_UPDATE
-            # An indeterminate add that shows up was applied after all; one that does not, was not.
-            self.uncertain[sku] = 0
             self.confirmed[sku] = have
+        self.pending = [add for add in self.pending if not settled(add)]
         return outcome

@@ -21,7 +21,7 @@ from farmctl.lifecycle import open_farm
 from loadtest.addresses import own_address
 from loadtest.chaos import Chaos
 from loadtest.faults import chaos_mode
-from loadtest.ledger import CartBook, Ledger, Outcome, RunSettings
+from loadtest.ledger import CartBook, Ledger, Outcome, Pending, RunSettings
 
 PASSWORD = "load-test-password"  # noqa: S105 - throw-away load-test accounts
 SKUS = ["apple", "pear", "plum", "fig", "kiwi"]
@@ -119,6 +119,11 @@ class FarmUser(HttpUser):
             self.sign_in()
         return outcome
 
+    def check_cart(self, items: dict[str, int], read_start: float) -> Outcome:
+        """The cart the server answered, against this user's book; an add of unknown fate stays
+        possible until the faults it met are over (Ledger.settled)."""
+        return self.cart.check(items, lambda add: ledger.settled(add.start, add.end, read_start))
+
     @task(4)
     def who_am_i(self) -> None:
         def mine(r: ResponseContextManager) -> Outcome:
@@ -136,7 +141,7 @@ class FarmUser(HttpUser):
             return
         start = time.time()
         with self.request("GET", "/api/cart") as r:
-            self.judge(r, "GET", start, lambda resp: self.cart.check(resp.json()["items"]))
+            self.judge(r, "GET", start, lambda resp: self.check_cart(resp.json()["items"], start))
 
     @task(2)
     def add_to_cart(self) -> None:
@@ -144,13 +149,13 @@ class FarmUser(HttpUser):
 
         def applied(r: ResponseContextManager) -> Outcome:
             self.cart.confirmed[sku] += qty
-            return self.cart.check(r.json()["items"])
+            return self.check_cart(r.json()["items"], start)
 
         if not self.on_request_start():
             return
         # The app applies a key once: an add the app refused with 503 + Retry-After (its store did not
         # answer in time, perhaps after the write) is sent again with the same key, to learn its fate.
-        key = secrets.token_urlsafe(12)
+        key, first_start = secrets.token_urlsafe(12), time.time()
         for attempt in range(1, ATTEMPTS + 1):
             start = time.time()
             with self.request("POST", "/api/cart/items", json={"sku": sku, "qty": qty},
@@ -159,7 +164,7 @@ class FarmUser(HttpUser):
                 outcome = self.judge(r, "POST", start, applied, retrying=wait is not None)
             if wait is None:
                 if outcome is Outcome.INDETERMINATE:
-                    self.cart.uncertain[sku] += qty
+                    self.cart.pending.append(Pending(sku, qty, first_start, time.time()))
                 return
             time.sleep(wait)
 

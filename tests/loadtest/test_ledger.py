@@ -1,9 +1,10 @@
 """The load test's bookkeeping: what counts as lost, phantom or indeterminate."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from loadtest.faults import Hang, Kill
-from loadtest.ledger import CartBook, Fault, Ledger, Outcome, RunSettings, percentile
+from loadtest.ledger import CartBook, Fault, Ledger, Outcome, Pending, RunSettings, percentile
 
 
 def test_cart_check_finds_a_lost_update() -> None:
@@ -17,10 +18,31 @@ def test_cart_check_accepts_an_indeterminate_add_either_way() -> None:
     applied, dropped = CartBook(), CartBook()
     for book in (applied, dropped):
         book.confirmed["apple"] = 1
-        book.uncertain["apple"] = 2
+        book.pending.append(Pending("apple", 2, 1.0, 3.0))
     assert applied.check({"apple": 3}) is Outcome.OK
     assert dropped.check({"apple": 1}) is Outcome.OK
     assert applied.confirmed["apple"] == 3
+    assert applied.pending == dropped.pending == []  # settled: what did not show up never will
+    assert dropped.check({"apple": 3}) is Outcome.PHANTOM_UPDATE
+
+
+def test_an_add_held_by_a_frozen_instance_may_still_show_up_until_the_hang_is_over() -> None:
+    """A POST nginx gave up on sits in the frozen instance's socket, and is applied when it resumes."""
+    hang = Fault(Hang.name, "web3", at=10.0, sent_at=9.99, signal="STOP")
+    ledger = Ledger(started_at=0, faults=[hang])
+    book = CartBook()
+    book.pending.append(Pending("apple", 2, 11.0, 13.0))  # nginx's 503 after its read timeout
+
+    def settled_at(at: float) -> Callable[[Pending], bool]:
+        return lambda add: ledger.settled(add.start, add.end, at)
+
+    assert book.check({}, settled_at(14.0)) is Outcome.OK  # not applied yet: the instance is frozen
+    assert book.pending
+    hang.lifted_at = 16.0  # resumed: it reads the request and applies it
+    assert book.check({}, settled_at(16.1)) is Outcome.OK  # within the slack: still pending
+    assert book.check({"apple": 2}, settled_at(17.0)) is Outcome.OK
+    assert book.pending == []
+    assert book.check({"apple": 4}, settled_at(18.0)) is Outcome.PHANTOM_UPDATE
 
 
 def test_cart_check_finds_a_phantom_item() -> None:
