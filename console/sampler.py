@@ -17,7 +17,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from farmctl.config import Instance
-from farmctl.runtime import Farm
+from farmctl.runtime import Farm, ProcessStatus
 
 log = logging.getLogger("console")
 
@@ -26,8 +26,10 @@ EVERY_S = 1.0
 WINDOW_S = 5.0
 #: An instance that takes longer than this to answer /metrics is not answering (hung, or busy beyond use).
 SCRAPE_TIMEOUT_S = 0.5
-#: The supervisor's states of a process that is on its way back.
-COMING_BACK = ("STARTING", "BACKOFF")
+#: How long a tick waits for the runtime's view of the processes (see Sampler._processes).
+STATUS_WAIT_S = 0.2
+#: The runtimes' states of a process that is on its way back (supervisord's, Docker's).
+COMING_BACK = ("STARTING", "BACKOFF", "RESTARTING")
 #: A held-out instance's reason as the health loop gives it, and the state the console shows.
 HELD_OUT_STATE = {"timeout": "hung", "unready": "out"}
 
@@ -139,13 +141,15 @@ class Sampler:
                                         socket_connect_timeout=0.5, decode_responses=True)
                       for name, port in config.redis_nodes.items()}
         self.live_key = f"{config.key_prefix}:live-sessions"
+        self._statuses: dict[str, ProcessStatus] = {}
+        self._status_job: gevent.Greenlet | None = None
 
     def tick(self) -> Tick:
         now = time.time()
         web = self.farm.config.web
         jobs = [gevent.spawn(self._scrape, inst, now) for inst in web]
         store_job = gevent.spawn(self._store)
-        processes = {p.name: p for p in self.farm.status()}
+        processes = self._processes()
         held_out = self.farm.out_of_rotation()
         gevent.joinall([*jobs, store_job], timeout=2 * SCRAPE_TIMEOUT_S + 0.5)
         rows = []
@@ -158,6 +162,18 @@ class Sampler:
         store = store_job.value if store_job.successful() and store_job.value else StoreRow(
             self.farm.config.redis_mode, None)
         return Tick(now, rows, store)
+
+    def _processes(self) -> dict[str, ProcessStatus]:
+        """The runtime's view of the processes, as fresh as it comes: under Docker one `status()`
+        takes seconds (compose and the engine asked per service), so a tick waits for it at most
+        STATUS_WAIT_S and uses the last answer meanwhile - a refused scrape shows a dead instance
+        at once anyway."""
+        if self._status_job is None or self._status_job.ready():
+            self._status_job = gevent.spawn(self.farm.status)
+        self._status_job.join(timeout=STATUS_WAIT_S)
+        if self._status_job.ready() and self._status_job.successful():
+            self._statuses = {p.name: p for p in self._status_job.value}
+        return self._statuses
 
     def _scrape(self, inst: Instance, now: float) -> str:
         """"ok" (its counters kept), "refused" (not listening: dead or starting) or "timeout"."""

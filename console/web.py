@@ -14,10 +14,10 @@ from typing import Annotated, TypeVar
 
 import gevent.queue
 import httpx
-from flask import Flask, Request, Response, render_template, request
+from flask import Flask, Request, Response, render_template, request, send_from_directory
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.config import SESSION_COOKIE
+from app.config import SESSION_COOKIE, origins
 from app.csrf import origin_allowed, sign
 from console.crowd import MAX_SECONDS, MAX_USERS, MIN_SECONDS, MIN_USERS
 from console.desk import MAX_HOLD_S, MIN_HOLD_S, Refused
@@ -25,6 +25,7 @@ from console.hub import Console
 from farmctl.tls import certificate_paths
 
 HERE = Path(__file__).parent
+FARM_STATIC = HERE.parent / "app" / "static"
 #: How long an idle stream waits before a comment line keeps it (and nginx's read timeout) alive.
 KEEPALIVE_S = 15.0
 MAX_BODY = 4096
@@ -62,7 +63,15 @@ def json_answer(status: int, body: object, retry_after: int | None = None) -> Re
 
 
 def make_app(console: Console) -> Flask:
+    """Natively the console is behind the farm's nginx, on the farm's own origin. Under Docker it
+    runs on the host, which the farm's nginx (in a container) does not reach: it is then served on
+    its own port (`direct`), links to the farm by its URL, and its own origin is one of its origins.
+    The farm's session cookie reaches it either way: a cookie is the host's, whatever the port."""
     config = console.farm.config
+    direct = console.farm.name != "native"
+    home = config.balancer_url if direct else ""
+    allowed_origins = (*config.allowed_origins, *(origins(("127.0.0.1", "localhost"), config.console_port, 0)
+                                                  if direct else ()))
     app = Flask(__name__, static_url_path="/console/static", static_folder=str(HERE / "static"),
                 template_folder=str(HERE / "templates"))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -94,7 +103,7 @@ def make_app(console: Console) -> Flask:
 
     def controlled(req: Request) -> str:
         """A control's request: signed in, from our origin, with the page's token."""
-        if not origin_allowed({k.lower(): v for k, v in req.headers.items()}, config.allowed_origins):
+        if not origin_allowed({k.lower(): v for k, v in req.headers.items()}, allowed_origins):
             raise Answer(403, "cross-origin request refused")
         user = signed_in(req)
         if not hmac.compare_digest(req.headers.get("X-CSRF-Token", ""), token_for(req)):
@@ -140,13 +149,18 @@ def make_app(console: Console) -> Flask:
             user = signed_in(request)
         except Answer as exc:
             if exc.status == 401:
-                return Response("", status=303, headers={"Location": "/login", "Cache-Control": "no-store"})
+                return Response("", status=303, headers={"Location": f"{home}/login", "Cache-Control": "no-store"})
             raise
         html = render_template("console.html", user=user, csrf_token=token_for(request), instances=config.web,
                                redis_mode=config.redis_mode, min_hold=MIN_HOLD_S, max_hold=MAX_HOLD_S,
                                max_users=MAX_USERS, min_seconds=MIN_SECONDS, max_seconds=MAX_SECONDS,
-                               kinds=console.offered_kinds())
+                               kinds=console.offered_kinds(), home=home)
         return Response(html, mimetype="text/html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/style.css")
+    def farm_style() -> Response:
+        """The farm's stylesheet, for a console on its own port (natively nginx serves /static/)."""
+        return send_from_directory(FARM_STATIC, "style.css", max_age=3600)
 
     @app.get("/console/api/state")
     def state() -> Response:

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from farmctl.config import PROJECT_ROOT, FarmConfig
+from farmctl.docker import console
 from farmctl.docker.engine import compose_command
 from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, compose_override, config_dir_of
 from farmctl.runtime import Capability, FarmError, ProcessStatus, require
@@ -133,6 +134,8 @@ class DockerFarm:
         self.wait_healthy(timeout_s)  # `up --wait` has been seen returning 0 with nginx never started
         if not running:  # a farm already up keeps its health service (and its rotation file) as it was
             self._wait_rotation(timeout_s)
+        if self.config.console:
+            console.start(self.config)
 
     def _scale(self, running: list[str], timeout_s: float) -> None:
         """As natively: new instances serve before nginx sends them anything, and nginx sends nothing
@@ -169,15 +172,20 @@ class DockerFarm:
         # the default farm keeps its volume (`make down`, then `make up`: everyone still signed in).
         # A test's farm also takes its image tags (the layers stay cached for the next one).
         volumes = ["--volumes", "--rmi", "local"] if self.project != "webfarm" else []
+        console.stop(self.config)
         self._compose("down", "--timeout", str(int(timeout_s)), "--remove-orphans", *volumes)
 
     def status(self) -> list[ProcessStatus]:
         out = self._compose("ps", "--all", "--format", "json", capture=True)
         rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return [ProcessStatus(r["Service"], int((r.get("Publishers") or [{}])[0].get("PublishedPort") or 0),
-                              self.pid(r["Service"]) if r.get("State") == "running" else 0,
-                              "RUNNING" if r.get("State") == "running" else str(r.get("State", "?")).upper())
-                for r in rows if r["Service"] != "farm-config"]
+        statuses = [ProcessStatus(r["Service"], int((r.get("Publishers") or [{}])[0].get("PublishedPort") or 0),
+                                  self.pid(r["Service"]) if r.get("State") == "running" else 0,
+                                  "RUNNING" if r.get("State") == "running" else str(r.get("State", "?")).upper())
+                    for r in rows if r["Service"] != "farm-config"]
+        if self.config.console or console.pid(self.config):  # on the host, not a compose service
+            pid = console.pid(self.config)
+            statuses.append(ProcessStatus("console", self.config.console_port, pid, "RUNNING" if pid else "STOPPED"))
+        return statuses
 
     def instance_names(self) -> list[str]:
         return [i.name for i in self.config.web]
