@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     demo_user: str | None = Field(DEMO_USERNAME, description="Created at start-up, with ENVIRONMENT=demo only.")
     demo_password: str = Field(DEMO_PASSWORD, min_length=8)
     demo_controls: bool = Field(False, description="Show the 'crash this instance' button.")
+    console_url: str = Field("", max_length=200, pattern=r"^(|/console/|http://[A-Za-z0-9.:\[\]-]+/console/)$",
+                             description="Where the farm's live console is (with demo controls): the dashboard "
+                                         "links to it; empty: no link.")
     csrf_secret: str = Field(
         DEMO_CSRF_SECRET,
         min_length=16,

@@ -129,6 +129,7 @@ async def dashboard(request: Request, key: MaybeKey, session: MaybeSession, sett
         return RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
     crashed = request.query_params.get("crashed", "")
     return render(request, "dashboard.html", key, session=session, demo_controls=settings.demo_controls,
+                  console_url=settings.console_url if settings.demo_controls else "",
                   cart_max_items=settings.cart_max_items, cart_max_qty=settings.cart_max_qty,
                   error=request.query_params.get("error"),
                   crashed=crashed if INSTANCE_NAME_RE.fullmatch(crashed) else None)

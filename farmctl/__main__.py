@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from farmctl.config import FarmConfig
+from farmctl.docker.console import url as console_url
 from farmctl.docker.render import render_docker
 from farmctl.runtime import UNSUPERVISED, FarmError, as_rows
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{farm.config.balancer_url}{https}")
             if farm.config.prometheus_port:
                 print(f"Prometheus: http://127.0.0.1:{farm.config.prometheus_port} (every instance's /metrics)")
+            if farm.config.console:
+                where = console_url(farm.config) if farm.name == "docker" else f"{farm.config.balancer_url}/console/"
+                print(f"the live console (signed in): {where}")
         elif args.command == "down":
             farm.down()
             print("webfarm is down")

@@ -66,6 +66,7 @@ class DockerFarm:
         env["BALANCE"] = self.config.balance
         env["SESSION_BACKEND"] = self.config.session_backend
         env["DEMO_CONTROLS"] = "1" if self.config.demo_controls else "0"
+        env["CONSOLE_URL"] = console.url(self.config) if self.config.console else ""
         env["REDIS_SENTINELS"] = DOCKER_SENTINELS if self.config.sentinel else ""
         env["PROMETHEUS_PORT"] = str(self.config.prometheus_port)
         return env

@@ -77,6 +77,7 @@ def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]
     yield "SESSION_BACKEND", config.session_backend
     yield "KEY_PREFIX", config.key_prefix
     yield "DEMO_CONTROLS", "1" if config.demo_controls else "0"
+    yield "CONSOLE_URL", "/console/" if config.console else ""
     yield "PYTHONUNBUFFERED", "1"
     yield from config.extra_env.items()
 

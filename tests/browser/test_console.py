@@ -40,7 +40,8 @@ def console(browser: Browser, console_farm: Farm) -> Iterator[Page]:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     sign_in(page, DEMO_USERNAME, DEMO_PASSWORD)
-    page.goto("/console/")
+    page.click("#console-link")  # the dashboard's way there
+    page.wait_for_url("**/console/")
     expect(page.locator("#stream")).to_have_text("live")
     yield page
     context.close()

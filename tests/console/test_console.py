@@ -129,6 +129,7 @@ def test_a_farm_without_demo_controls_has_no_console(farm_factory: FarmFactory) 
     farm = farm_factory(1, demo_controls=False)
     assert "console" not in {p.name for p in farm.status()}
     with signed_in(farm) as client:
+        assert "console-link" not in client.get("/dashboard").text
         assert client.get("/console/").status_code == 404
         assert client.get("/console/events").status_code == 404
         assert client.post("/console/api/faults", json={"kind": "kill", "target": "web1"}).status_code == 404

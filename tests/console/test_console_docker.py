@@ -23,6 +23,8 @@ def user(docker_farm: Farm) -> Iterator[tuple[httpx.Client, str]]:
         login = client.post(f"{config.balancer_url}/api/login",
                             json={"username": DEMO_USERNAME, "password": DEMO_PASSWORD})
         assert login.status_code == 200
+        assert f'href="http://127.0.0.1:{config.console_port}/console/"' in client.get(
+            f"{config.balancer_url}/dashboard").text
         client.base_url = httpx.URL(f"http://127.0.0.1:{config.console_port}")
         page = client.get("/console/")  # the farm's cookie: a cookie is the host's, whatever the port
         assert page.status_code == 200, page.text
