@@ -94,20 +94,20 @@ function el(name, attrs, text) {
   return node;
 }
 
-function chart(svg, series, now) {
+function chart(svg, series, now, span) {
   const [w, h] = [900, Number(svg.getAttribute("viewBox").split(" ")[3])];
   const left = 40, bottom = h - 14;
-  const x = (t) => left + ((t - (now - SPAN_S)) / SPAN_S) * (w - left);
+  const x = (t) => left + ((t - (now - span)) / span) * (w - left);
   const max = Math.max(1, ...series.flatMap((s) => s.points.map((p) => p[1])));
   const y = (v) => bottom - (v / max) * (bottom - 6);
   const nodes = [el("line", {x1: left, y1: bottom, x2: w, y2: bottom, stroke: "#aab"}),
                  el("text", {x: 2, y: 12, "font-size": 11}, fmt(max, max < 10 ? 1 : 0)),
                  el("text", {x: 2, y: bottom, "font-size": 11}, "0"),
-                 el("text", {x: left, y: h - 2, "font-size": 10}, `-${SPAN_S / 60} min`),
+                 el("text", {x: left, y: h - 2, "font-size": 10}, `-${Math.round(span)} s`),
                  el("text", {x: w - 30, y: h - 2, "font-size": 10}, "now")];
   for (const f of faults) {
     const end = f.lifted_at && f.lifted_at > f.at + 0.5 ? f.lifted_at : null;
-    if ((end || f.at) < now - SPAN_S) continue;
+    if ((end || f.at) < now - span) continue;
     const colour = FAULT_COLOURS[f.kind] || "#d62728";
     if (end || !f.lifted_at) {
       const x0 = Math.max(left, x(f.at));
@@ -119,7 +119,7 @@ function chart(svg, series, now) {
     nodes.push(el("text", {x: Math.max(left, x(f.at)) + 2, y: 10, "font-size": 10, fill: colour}, `${f.kind} ${f.name}`));
   }
   series.forEach((s, i) => {
-    const points = s.points.filter((p) => p[0] >= now - SPAN_S && p[1] !== null);
+    const points = s.points.filter((p) => p[0] >= now - span && p[1] !== null);
     if (points.length > 1) {
       nodes.push(el("polyline", {points: points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "),
                                  fill: "none", stroke: s.colour || COLOURS[i % COLOURS.length], "stroke-width": 1.5}));
@@ -131,19 +131,21 @@ function chart(svg, series, now) {
 function drawCharts() {
   if (!ticks.length) return;
   const now = ticks[ticks.length - 1].at;
+  // What the console has sampled, up to SPAN_S: it samples only while it is watched.
+  const span = Math.min(SPAN_S, Math.max(60, now - ticks[0].at));
   const names = ticks[ticks.length - 1].instances.map((r) => r.name);
   chart($("chart-rps"), names.map((name) => ({
     points: ticks.map((t) => [t.at, (t.instances.find((r) => r.name === name) || {}).rps ?? 0]),
-  })), now);
+  })), now, span);
   const sum = (t, key) => t.instances.reduce((a, r) => a + (r[key] || 0), 0);
   const top = (t, key) => Math.max(0, ...t.instances.map((r) => r[key] || 0));
-  chart($("chart-errors"), [{points: ticks.map((t) => [t.at, sum(t, "errors_per_s")]), colour: "#c62828"}], now);
-  chart($("chart-p99"), [{points: ticks.map((t) => [t.at, top(t, "p99_ms")]), colour: "#555"}], now);
+  chart($("chart-errors"), [{points: ticks.map((t) => [t.at, sum(t, "errors_per_s")]), colour: "#c62828"}], now, span);
+  chart($("chart-p99"), [{points: ticks.map((t) => [t.at, top(t, "p99_ms")]), colour: "#555"}], now, span);
   $("legend").replaceChildren(...names.map((name, i) => {
-    const span = document.createElement("span");
-    span.className = `swatch swatch-${i % COLOURS.length}`;
-    span.textContent = name;
-    return span;
+    const swatch = document.createElement("span");
+    swatch.className = `swatch swatch-${i % COLOURS.length}`;
+    swatch.textContent = name;
+    return swatch;
   }));
 }
 
