@@ -24,7 +24,7 @@ HISTORY_S = 180
 BACKLOG = 30
 #: The console samples only while it is watched (a browser, a crowd, a fault, a client of /api/state)
 #: and for this long after: an idle demo farm costs nothing, and a reload finds its chart.
-WATCHED_FOR_S = float(HISTORY_S)
+WATCHED_FOR_S = 30.0
 
 
 class Console:

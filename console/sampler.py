@@ -28,6 +28,7 @@ WINDOW_S = 5.0
 SCRAPE_TIMEOUT_S = 0.5
 #: How long a tick waits for the runtime's view of the processes (see Sampler._processes).
 STATUS_WAIT_S = 0.2
+STATUS_COST_FACTOR = 4.0
 #: The runtimes' states of a process that is on its way back (supervisord's, Docker's).
 COMING_BACK = ("STARTING", "BACKOFF", "RESTARTING")
 #: A held-out instance's reason as the health loop gives it, and the state the console shows.
@@ -143,6 +144,7 @@ class Sampler:
         self.live_key = f"{config.key_prefix}:live-sessions"
         self._statuses: dict[str, ProcessStatus] = {}
         self._status_job: gevent.Greenlet | None = None
+        self._status_next = 0.0
 
     def tick(self) -> Tick:
         now = time.time()
@@ -156,7 +158,8 @@ class Sampler:
         for inst, job in zip(web, jobs, strict=True):
             proc = processes.get(inst.name)
             answer = job.value if job.successful() else "timeout"
-            row = self._row(inst.name, proc.state if proc else "UNKNOWN", proc.pid if proc else 0,
+            # Not known to the runtime's view yet (its first answer is still coming): its scrape says.
+            row = self._row(inst.name, proc.state if proc else "RUNNING", proc.pid if proc else 0,
                             held_out.get(inst.name), answer)
             rows.append(row)
         store = store_job.value if store_job.successful() and store_job.value else StoreRow(
@@ -164,15 +167,25 @@ class Sampler:
         return Tick(now, rows, store)
 
     def _processes(self) -> dict[str, ProcessStatus]:
-        """The runtime's view of the processes, as fresh as it comes: under Docker one `status()`
-        takes seconds (compose and the engine asked per service), so a tick waits for it at most
-        STATUS_WAIT_S and uses the last answer meanwhile - a refused scrape shows a dead instance
-        at once anyway."""
-        if self._status_job is None or self._status_job.ready():
-            self._status_job = gevent.spawn(self.farm.status)
-        self._status_job.join(timeout=STATUS_WAIT_S)
-        if self._status_job.ready() and self._status_job.successful():
-            self._statuses = {p.name: p for p in self._status_job.value}
+        """The runtime's view of the processes, as fresh as it is cheap: natively one `status()` is a
+        call to the supervisor, under Docker compose and the engine asked per service - seconds of
+        CPU. So a tick waits for it at most STATUS_WAIT_S, a new one starts only STATUS_COST_FACTOR
+        times its last duration after it ended, and the last answer stands meanwhile: a refused or
+        unanswered scrape shows a dead or hung instance at once anyway."""
+        job = self._status_job
+        if job is None or (job.ready() and time.monotonic() >= self._status_next):
+            started = time.monotonic()
+
+            def status() -> list[ProcessStatus]:
+                try:
+                    return self.farm.status()
+                finally:
+                    self._status_next = time.monotonic() + STATUS_COST_FACTOR * (time.monotonic() - started)
+
+            job = self._status_job = gevent.spawn(status)
+        job.join(timeout=STATUS_WAIT_S)
+        if job.ready() and job.successful():
+            self._statuses = {p.name: p for p in job.value}
         return self._statuses
 
     def _scrape(self, inst: Instance, now: float) -> str:

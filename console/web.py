@@ -2,12 +2,14 @@
 Server-Sent Events, and the controls.
 
 Everything but /console/healthz and the static files is for a signed-in user of the farm: the
-console asks the farm itself (GET /api/me with the user's session cookie) on every request. The
+console asks the farm itself (an instance's GET /api/me with the user's session cookie) on every
+request. The
 controls are CSRF-protected as the farm's forms are: the request must come from one of the farm's
 origins, and carry a token - an HMAC, under the farm's CSRF secret, of the user's session."""
 
 import hmac
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -22,7 +24,6 @@ from app.csrf import origin_allowed, sign
 from console.crowd import MAX_SECONDS, MAX_USERS, MIN_SECONDS, MIN_USERS
 from console.desk import MAX_HOLD_S, MIN_HOLD_S, Refused
 from console.hub import Console
-from farmctl.tls import certificate_paths
 
 HERE = Path(__file__).parent
 FARM_STATIC = HERE.parent / "app" / "static"
@@ -76,27 +77,30 @@ def make_app(console: Console) -> Flask:
                 template_folder=str(HERE / "templates"))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
-    def session_cookie(req: Request) -> tuple[str, str, bool]:
-        https = req.headers.get("X-Forwarded-Proto") == "https"
-        name = f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE
-        return name, req.cookies.get(name, ""), https
+    def session_cookie(req: Request) -> tuple[str, str]:
+        """The farm's session cookie as the browser sent it (its name has the __Host- prefix over HTTPS)."""
+        name = f"__Host-{SESSION_COOKIE}" if req.headers.get("X-Forwarded-Proto") == "https" else SESSION_COOKIE
+        return name, req.cookies.get(name, "")
 
     def signed_in(req: Request) -> str:
-        """The user's name, as the farm knows it from their session; Answer 401 or 503 otherwise."""
-        name, value, https = session_cookie(req)
+        """The user's name, as the farm knows it from their session; Answer 401 or 503 otherwise.
+
+        Asked of the instances themselves, each in turn until one can tell: through the balancer, a
+        request that meets the instance under a fault (cut off from Redis, say) gets its 503, and the
+        console would lock its user out during the very fault it shows."""
+        value = session_cookie(req)[1]
         if not value or len(value) > 256:
             raise Answer(401, "not signed in")
-        base = config.https_url if https and config.https_url else config.balancer_url
-        verify: str | bool = str(certificate_paths(config.state_dir)[0]) if base.startswith("https") else True
-        try:
-            me = httpx.get(f"{base}/api/me", headers={"Cookie": f"{name}={value}"}, timeout=3, verify=verify)
-        except httpx.HTTPError:
-            raise Answer(503, "the farm does not answer: your sign-in cannot be checked", 2) from None
-        if me.status_code == 401:
-            raise Answer(401, "not signed in")
-        if me.status_code != 200:
-            raise Answer(503, f"the farm answered {me.status_code}: your sign-in cannot be checked", 2)
-        return str(me.json()["username"])
+        for inst in random.sample(config.web, len(config.web)):
+            try:  # plain HTTP to the instance: the session cookie under its plain name
+                me = httpx.get(f"{inst.url}/api/me", headers={"Cookie": f"{SESSION_COOKIE}={value}"}, timeout=1)
+            except httpx.HTTPError:
+                continue
+            if me.status_code == 401:
+                raise Answer(401, "not signed in")
+            if me.status_code == 200:
+                return str(me.json()["username"])
+        raise Answer(503, "no instance can tell who you are now (the session store does not answer?)", 2)
 
     def token_for(req: Request) -> str:
         return sign(console.csrf_secret, "console", session_cookie(req)[1])

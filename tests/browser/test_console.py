@@ -2,13 +2,14 @@
 load test's users started from the page, then a kill, a hang and a Redis stall caused from it - each
 shown as it happens, timed as the load test's chaos times it - and the crowd's verdict at the end."""
 
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from app.config import DEMO_PASSWORD, DEMO_USERNAME
 from farmctl.runtime import Farm
@@ -104,6 +105,10 @@ def break_it(page: Page, kind: str, target: str | None = None, seconds: int | No
     return pressed
 
 
+def detected_cell(page: Page, kind: str, victim: str) -> Locator:
+    return page.locator(f"#faults tr[data-kind='{kind}'][data-victim='{victim}'] td.detected").first
+
+
 def recorded(page: Page, kind: str, victim: str) -> dict[str, float]:
     """The console's record of the last such fault, once it is recovered (GET /console/api/state)."""
     row = page.locator(f"#faults tr[data-kind='{kind}'][data-victim='{victim}']").first
@@ -118,7 +123,7 @@ def test_a_crowd_stays_signed_in_through_a_kill_a_hang_and_a_redis_stall_from_th
     wait_until(lambda: all(state(page, n) == "serving" for n in console_farm.instance_names()),
                "every instance shown serving", 5)
     page.fill("#crowd-users", "8")
-    page.fill("#crowd-seconds", "50")
+    page.fill("#crowd-seconds", "40")
     page.click("#crowd-go")
     wait_until(lambda: page.inner_text("#crowd-requests").isdigit() and int(page.inner_text("#crowd-requests")) >= 20,
                "the crowd's first requests", 20)
@@ -136,10 +141,12 @@ def test_a_crowd_stays_signed_in_through_a_kill_a_hang_and_a_redis_stall_from_th
         wait_until(lambda: state(page, "web3") == "hung", "web3 shown hung", 5)
         screenshot(page, "console.png")
         hang = recorded(page, "hang", "web3")
+        expect(detected_cell(page, "hang", "web3")).to_have_text(re.compile(r"^\+\d+\.\d s$"))
 
         # A Redis stall: the users are told 503 (the detection), and the store answers again.
         break_it(page, "redis-stall", seconds=3)
         stall = recorded(page, "redis-stall", "redis")
+        expect(detected_cell(page, "redis-stall", "redis")).to_have_text(re.compile(r"^\+\d+\.\d s$"))
     finally:
         watcher.stop()
 

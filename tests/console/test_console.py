@@ -161,7 +161,7 @@ def test_an_instances_rate_on_the_console_is_what_its_own_metrics_count(console_
     sender.start()
     try:
         user.get("/console/api/state")  # the console samples while it is watched
-        time.sleep(WINDOW_S + 2)  # a window of steady traffic
+        time.sleep(1)  # the sender under way: the console's window below is all steady traffic
         first, started = requests_answered(web1.url), time.time()
         time.sleep(WINDOW_S)
         counted = (requests_answered(web1.url) - first) / (time.time() - started)
@@ -175,3 +175,22 @@ def test_an_instances_rate_on_the_console_is_what_its_own_metrics_count(console_
     assert shown["errors_per_s"] == 0
     assert shown["p50_ms"] is not None
     assert shown["p99_ms"] >= shown["p50_ms"]
+
+
+def test_a_partition_from_the_console_is_held_out_and_lifted_by_itself(console_farm: Farm,
+                                                                       user: httpx.Client) -> None:
+    """Without a browser watching: the console lifts the fault at its time, and times it as the chaos does."""
+    headers = {"X-CSRF-Token": token_of(user)}
+    cut = user.post("/console/api/faults", json={"kind": "partition", "target": "web3", "seconds": 3}, headers=headers)
+    assert cut.status_code == 202, cut.text
+    again = user.post("/console/api/faults", json={"kind": "kill", "target": "web1"}, headers=headers)
+    assert again.status_code == 409  # one at a time
+    assert "one fault at a time" in again.json()["detail"]
+    assert wait_until(lambda: user.get("/console/api/state").json()["fault"] is None, 40)
+    record = user.get("/console/api/state").json()["faults"][-1]
+    assert record["kind"] == "partition"
+    assert record["name"] == "web3"
+    assert record["at"] < record["detected_at"] < record["lifted_at"] < record["recovered_at"]
+    assert record["lifted_at"] - record["at"] == pytest.approx(3, abs=0.5)
+    assert "web3" not in console_farm.out_of_rotation()
+    assert console_farm.is_serving("web3")
