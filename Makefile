@@ -30,7 +30,7 @@ $(K8S_VENV)/.installed: k8s/requirements.lock
 prereqs:
 	@farmctl/prereqs.sh nginx redis-server prometheus prometheus-nginx-exporter prometheus-redis-exporter
 
-up: prereqs $(VENV)/.installed ## start the farm (N=3, DEMO_CONTROLS=1 for the crash button, REDIS=sentinel for HA Redis)
+up: prereqs $(VENV)/.installed ## start the farm (N=3; DEMO_CONTROLS=1, the default: the crash button and the live console; REDIS=sentinel for HA Redis)
 	@DEMO_CONTROLS=$${DEMO_CONTROLS:-1} $(PY) -m farmctl up
 
 down: $(VENV)/.installed ## stop the farm and free its ports
