@@ -192,10 +192,10 @@ class Sampler:
         """"ok" (its counters kept), "refused" (not listening: dead or starting) or "timeout"."""
         try:
             text = httpx.get(f"{inst.url}/metrics", timeout=SCRAPE_TIMEOUT_S).text
-        except httpx.ConnectError:
-            return "refused"
-        except httpx.HTTPError:
+        except httpx.TimeoutException:
             return "timeout"
+        except httpx.HTTPError:  # refused, or (Docker's port proxy) accepted and closed: nobody listens
+            return "refused"
         scrapes = self.scrapes.setdefault(inst.name, deque())
         scrapes.append(parse_metrics(text, now))
         while len(scrapes) > 1 and scrapes[1].at <= now - WINDOW_S:

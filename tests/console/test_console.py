@@ -2,11 +2,13 @@
 farm, with the page's token, from the farm's origin), what bad orders get (a clear error, nothing
 caused), and whether its numbers are the instances' own."""
 
+import json
 import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -137,6 +139,19 @@ def test_a_farm_without_demo_controls_has_no_console(farm_factory: FarmFactory) 
         httpx.get(f"http://127.0.0.1:{farm.config.console_port}/console/healthz", timeout=2)
 
 
+def next_tick(user: httpx.Client) -> dict[str, Any]:
+    """The next tick the console streams to its pages (what the browser is sent, not /api/state)."""
+    with user.stream("GET", "/console/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert next(lines) == "event: history"
+        for line in lines:
+            if line.startswith('data: {"tick": '):  # not the history's {"ticks": ...}
+                tick: dict[str, Any] = json.loads(line.removeprefix("data: "))["tick"]
+                return tick
+    raise AssertionError("the stream ended")
+
+
 def requests_answered(url: str) -> float:
     return parse_metrics(httpx.get(f"{url}/metrics", timeout=5).text, time.time()).requests
 
@@ -165,7 +180,7 @@ def test_an_instances_rate_on_the_console_is_what_its_own_metrics_count(console_
         first, started = requests_answered(web1.url), time.time()
         time.sleep(WINDOW_S)
         counted = (requests_answered(web1.url) - first) / (time.time() - started)
-        shown = next(r for r in user.get("/console/api/state").json()["tick"]["instances"] if r["name"] == "web1")
+        shown = next(r for r in next_tick(user)["instances"] if r["name"] == "web1")
     finally:
         stop.set()
         sender.join(5)
