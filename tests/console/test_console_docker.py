@@ -2,7 +2,6 @@
 farm through the docker CLI - the faults that runtime can inject (all but a Redis failover)."""
 
 import re
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -51,20 +50,28 @@ def test_the_docker_console_runs_on_the_host_and_kills_through_the_engine(docker
         return next((r for r in rows if r["name"] == "web2"), {})
 
     assert wait_until(lambda: web2().get("state") == "serving", 10)
+    web2_url = next(i.url for i in config.web if i.name == "web2")
+    started = started_at(web2_url)
     kill = client.post("/console/api/faults", json={"kind": "kill", "target": "web2"}, headers=origin)
     assert kill.status_code == 202, kill.text
-    assert wait_until(lambda: web2().get("state") in ("down", "restarting"), 5, interval_s=0.1)
-    shown_down_s = time.time() - kill.json()["at"]  # from the kill (the engine's `docker exec` takes a while)
     assert wait_until(lambda: client.get("/console/api/state").json()["fault"] is None, 60)
     record = client.get("/console/api/state").json()["faults"][-1]
     assert record["kind"] == "kill"
     assert record["recovered_at"] is not None
+    assert started_at(web2_url) > started  # the engine killed the app, and it was started again
     assert wait_until(lambda: web2().get("state") == "serving", 5)  # the next tick or two
-    assert shown_down_s <= 2.0
+    # How soon a kill is shown down is the native browser test's: under Docker the app inside its
+    # container is back within about a tick, and a tick may fall either side of its absence.
     # The shared farm as it was: web2 back in nginx's rotation too (a request nginx sent it while it
     # was starting keeps it skipped for fail_timeout), or the next test sees only two instances.
     docker_farm.wait_healthy(60)
     assert wait_until(lambda: web2_in_rotation(docker_farm), 20)
+
+
+def started_at(url: str) -> float:
+    """The app's process_start_time_seconds, from its own /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("process_start_time_seconds")))
 
 
 def web2_in_rotation(farm: Farm) -> bool:
