@@ -2,7 +2,6 @@
 chaos's own code (loadtest.chaos.inject and watch), one at a time, each lifted by the console
 itself after its time - whether or not a browser still watches."""
 
-import contextlib
 import logging
 import threading
 import time
@@ -13,7 +12,7 @@ import gevent
 
 from farmctl.runtime import Farm
 from loadtest.chaos import inject, watch
-from loadtest.faults import FaultKind, Hang, Kill, LoginStorm, Partition, PrimaryKill, RedisStall, Scene
+from loadtest.faults import ChaosMode, FaultKind, Hang, Kill, LoginStorm, Partition, PrimaryKill, RedisStall, Scene
 from loadtest.ledger import Fault, Ledger
 
 log = logging.getLogger("console")
@@ -63,10 +62,7 @@ class Desk:
 
     def mend(self) -> None:
         """Undo what a console that died mid-fault left behind: a paused process, a cut-off instance."""
-        for kind in (Hang, RedisStall, Partition):
-            if kind.refusal(self.farm) is None:
-                with contextlib.suppress(Exception):
-                    kind.mend(self.farm)
+        ChaosMode("console", tuple(KINDS.values())).mend(self.farm)
 
     def cause(self, kind_name: str, target: str | None, seconds: float | None, by: str) -> Entry:
         """Start one fault and watch it in the background; Refused if it cannot be caused now."""

@@ -77,10 +77,10 @@ def make_app(console: Console) -> Flask:
                 template_folder=str(HERE / "templates"))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
-    def session_cookie(req: Request) -> tuple[str, str]:
+    def session_cookie(req: Request) -> str:
         """The farm's session cookie as the browser sent it (its name has the __Host- prefix over HTTPS)."""
         name = f"__Host-{SESSION_COOKIE}" if req.headers.get("X-Forwarded-Proto") == "https" else SESSION_COOKIE
-        return name, req.cookies.get(name, "")
+        return req.cookies.get(name, "")
 
     def signed_in(req: Request) -> str:
         """The user's name, as the farm knows it from their session; Answer 401 or 503 otherwise.
@@ -88,7 +88,7 @@ def make_app(console: Console) -> Flask:
         Asked of the instances themselves, each in turn until one can tell: through the balancer, a
         request that meets the instance under a fault (cut off from Redis, say) gets its 503, and the
         console would lock its user out during the very fault it shows."""
-        value = session_cookie(req)[1]
+        value = session_cookie(req)
         if not value or len(value) > 256:
             raise Answer(401, "not signed in")
         for inst in random.sample(config.web, len(config.web)):
@@ -103,7 +103,7 @@ def make_app(console: Console) -> Flask:
         raise Answer(503, "no instance can tell who you are now (the session store does not answer?)", 2)
 
     def token_for(req: Request) -> str:
-        return sign(console.csrf_secret, "console", session_cookie(req)[1])
+        return sign(console.csrf_secret, "console", session_cookie(req))
 
     def controlled(req: Request) -> str:
         """A control's request: signed in, from our origin, with the page's token."""

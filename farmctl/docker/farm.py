@@ -183,8 +183,8 @@ class DockerFarm:
                                   self.pid(r["Service"]) if r.get("State") == "running" else 0,
                                   "RUNNING" if r.get("State") == "running" else str(r.get("State", "?")).upper())
                     for r in rows if r["Service"] != "farm-config"]
-        if self.config.console or console.pid(self.config):  # on the host, not a compose service
-            pid = console.pid(self.config)
+        pid = console.pid(self.config)
+        if self.config.console or pid:  # on the host, not a compose service
             statuses.append(ProcessStatus("console", self.config.console_port, pid, "RUNNING" if pid else "STOPPED"))
         return statuses
 
