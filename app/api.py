@@ -11,11 +11,9 @@ from pydantic import Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
 from app.deps import (
-    NOT_SIGNED_IN,
     Admitted,
     AuthDep,
     CurrentIdentity,
@@ -31,11 +29,8 @@ from app.deps import (
     same_origin,
     signed_in,
 )
-from app.metrics import ROUTE_KEY, SESSIONS_ENDED, STORE_ERRORS
-from app.middleware import STORE_UNAVAILABLE, send_json
-from app.redis_client import store_failed
+from app.metrics import SESSIONS_ENDED, STORE_ERRORS
 from app.schemas import Cart, CartItem, Credentials, Detail, FarmOut, Health, InstanceOut, Me, PasswordChange, UserOut
-from app.services import Services
 from app.sessions import CartAdd, CartFull, Session, StoreState, refusal
 
 Responses = dict[int | str, dict[str, Any]]
@@ -165,44 +160,9 @@ def whoami(settings: Settings, session: Session) -> dict[str, Any]:
 
 @router.get("/api/me", response_model=None, responses={200: {"model": Me}, **NEEDS_SESSION}, tags=["session"])
 async def me(session: CurrentIdentity, settings: SettingsDep) -> JSONResponse:
-    """Who am I. The hot path: answered by WhoAmIMiddleware before the router (so this route is
-    what documents it, and what answers if the middleware is taken out)."""
+    """Who am I. The hot path: an instance answers it in front of the app (app.hotpath), so this
+    route is what documents it, and what answers where the app runs without it."""
     return JSONResponse(whoami(settings, session))
-
-
-class WhoAmIMiddleware:
-    """GET /api/me as pure ASGI, in front of the router, the way Starlette's and starsessions'
-    session middlewares are written: the same answer as the route above, without routing,
-    dependency resolution and a Response object - about a third of this request's CPU (README,
-    "What it costs"). The app's other middleware (limits, proxy trust, deadline, X-Served-By) still
-    wrap it; a failing store is the same 503 as everywhere."""
-
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        self.app = app
-        self.services = services
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/api/me" or scope["method"] != "GET":
-            await self.app(scope, receive, send)
-            return
-        scope[ROUTE_KEY] = "/api/me"
-        services = self.services
-        key = services.auth.session_key(Request(scope))
-        try:
-            session = await services.sessions.identify(key) if key else None
-        except RedisError as exc:
-            if state := refusal(exc):
-                STORE_ERRORS.labels("refused").inc()
-                await send_json(send, 503, state.refusal, {"Retry-After": str(REFUSED_RETRY_AFTER_S)})
-                return
-            STORE_ERRORS.labels("unavailable").inc()
-            await store_failed(services.redis, exc)
-            await send_json(send, 503, STORE_UNAVAILABLE, {"Retry-After": "1"})
-            return
-        if session is None:
-            await send_json(send, 401, NOT_SIGNED_IN)
-            return
-        await send_json(send, 200, whoami(services.settings, session))
 
 
 @router.get("/api/cart", response_model=Cart, responses=NEEDS_SESSION, tags=["session"])

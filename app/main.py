@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from app import api, pages, redis_client
 from app.admission import Busy
 from app.config import Settings, get_settings
+from app.hotpath import HotPath
 from app.metrics import STORE_ERRORS, MetricsMiddleware
 from app.middleware import (
     STORE_UNAVAILABLE,
@@ -23,7 +24,15 @@ from app.services import Services
 log = logging.getLogger("webfarm")
 
 
+def create_instance() -> HotPath:
+    """What `python -m app` serves: the app, behind the hot path (app.hotpath) for its two most
+    frequent requests."""
+    app = create_app()
+    return HotPath(app, Services.of(app))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app: every route, its middleware chain and error handlers."""
     settings = settings or get_settings()
     services = Services.build(settings)
 
@@ -34,7 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(pages.forms)
     # add_middleware wraps: the last one added is the outermost.
-    app.add_middleware(api.WhoAmIMiddleware, services=services)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(RequestLimitsMiddleware, max_body=settings.max_body_bytes, max_headers=settings.max_headers,
                        max_header_bytes=settings.max_header_bytes)

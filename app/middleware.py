@@ -5,6 +5,7 @@ import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ log = logging.getLogger("webfarm")
 #: As ASGI spells header names: only a request that carries the farm's proxy secret in it may tell
 #: us the client's address and scheme.
 _PROXY_HEADER_KEY = PROXY_HEADER.lower().encode("latin-1")
+RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
 #: The app's answer whenever the session store fails it: a timeout, a refused connection, or the
@@ -26,14 +28,40 @@ _PROXY_HEADER_KEY = PROXY_HEADER.lower().encode("latin-1")
 STORE_UNAVAILABLE = "session store unavailable"
 
 
-async def send_json(send: Send, status: int, content: str | dict[str, Any],
-                    headers: dict[str, str] | None = None) -> None:
-    """A JSON answer without a Response object; a string is sent as the API's {"detail": ...}."""
-    body = json.dumps({"detail": content} if isinstance(content, str) else content, separators=(",", ":")).encode()
+def json_body(content: str | dict[str, Any]) -> bytes:
+    """The API's JSON; a string is sent as its {"detail": ...}."""
+    return json.dumps({"detail": content} if isinstance(content, str) else content, separators=(",", ":")).encode()
+
+
+async def send_json(send: Send, status: int, content: str | dict[str, Any] | bytes,
+                    headers: dict[str, str] | None = None, raw_headers: RawHeaders = ()) -> None:
+    """A JSON answer without a Response object (`content` already encoded, or as json_body takes it)."""
+    body = content if isinstance(content, bytes) else json_body(content)
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())]})
+        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()), *raw_headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def headers_too_large(headers: RawHeaders, max_headers: int, max_header_bytes: int) -> bool:
+    """Past what one request may make an instance hold: the count of its header lines, or their bytes."""
+    return len(headers) > max_headers or sum(len(k) + len(v) for k, v in headers) > max_header_bytes
+
+
+def forwarded(headers: RawHeaders, secret: bytes) -> tuple[str, str] | None:
+    """The client's address and scheme as the balancer names them (X-Forwarded-For's last hop,
+    X-Forwarded-Proto; '' for what it leaves out) - only if the request carries the balancer's
+    secret, else None. As Starlette reads headers, a repeated one counts by its last value."""
+    named = dict(headers)
+    if not secret or not hmac.compare_digest(named.get(_PROXY_HEADER_KEY, b""), secret):
+        return None
+    return (named.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[-1].strip(),
+            named.get(b"x-forwarded-proto", b"").decode("latin-1").strip())
+
+
+def served_by(instance: str) -> RawHeaders:
+    """What ServedByMiddleware adds to an answer of the app's that does not set its own Cache-Control."""
+    return ((b"x-served-by", instance.encode()), (b"cache-control", b"no-store"))
 
 
 class DeadlineMiddleware:
@@ -94,7 +122,7 @@ class RequestLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
-        if len(headers) > self.max_headers or sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+        if headers_too_large(headers, self.max_headers, self.max_header_bytes):
             await send_json(send, 431, "request headers too large")
             return
         length = next((v for k, v in headers if k == b"content-length"), b"0")
@@ -128,16 +156,13 @@ class TrustedProxyMiddleware:
         self.secret = secret.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.secret:
-            headers = dict(scope["headers"])
-            if hmac.compare_digest(headers.get(_PROXY_HEADER_KEY, b""), self.secret):
-                forwarded_for = headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[-1].strip()
-                proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").strip()
-                scope = dict(scope)
-                if forwarded_for:
-                    scope["client"] = (forwarded_for, 0)
-                if proto in ("http", "https"):
-                    scope["scheme"] = proto
+        if scope["type"] == "http" and (said := forwarded(scope["headers"], self.secret)):
+            forwarded_for, proto = said
+            scope = dict(scope)
+            if forwarded_for:
+                scope["client"] = (forwarded_for, 0)
+            if proto in ("http", "https"):
+                scope["scheme"] = proto
         await self.app(scope, receive, send)
 
 
@@ -147,7 +172,7 @@ class ServedByMiddleware:
 
     def __init__(self, app: ASGIApp, instance: str, presence: Presence | None = None) -> None:
         self.app = app
-        self.headers = [(b"x-served-by", instance.encode())]
+        self.stamp, self.no_store = served_by(instance)
         self.presence = presence
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,9 +184,9 @@ class ServedByMiddleware:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), *self.headers]
+                headers = [*message.get("headers", []), self.stamp]
                 if not any(k.lower() == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
+                    headers.append(self.no_store)
                 message["headers"] = headers
             await send(message)
 

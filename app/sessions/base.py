@@ -151,6 +151,11 @@ class SessionStore(ABC):
         (raises CartFull past the limits). None if the session does not exist (any more). A store that
         refuses writes still validates (nothing counted, the expiry not slid); an add then fails."""
 
+    def cached(self, key: SessionKey) -> Session | None:
+        """Who holds this key, if this store can say from memory alone (no I/O, so no deadline
+        needed); None when it cannot - then ask `identify`. A store without a cache never can."""
+        return None
+
     async def identify(self, key: SessionKey) -> Session | None:
         """Who holds this key - identity only, the cart left empty. A wrapper may answer it from a
         cache; use `touch` for anything that needs the cart."""
@@ -164,7 +169,8 @@ class SessionStore(ABC):
     @abstractmethod
     async def delete_user(self, username: str) -> int:
         """End every session of a user, including any a login in flight is about to start - also
-        when the store is full; returns how many existed. Its cost is bounded by the cap."""
+        when the store is full; returns how many existed. They end at once, whatever their number;
+        removing them may take longer, in steps short enough not to hold the store up."""
 
     @abstractmethod
     async def count_live(self) -> int:

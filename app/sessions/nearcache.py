@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 #: The cache is trusted for this long after a PING whose reply came back.
 LEASE_S = 0.5
 PING_INTERVAL_S = 0.1
+_HITS, _MISSES = NEAR_CACHE.labels("hit"), NEAR_CACHE.labels("miss")
 #: A (re)subscription must be confirmed within this, or it is given up and tried again.
 CONFIRM_TIMEOUT_S = 1.0
 #: Behind Sentinel: how often the Sentinels are asked which node is primary; an answer older than
@@ -138,19 +139,27 @@ class NearCache(SessionStore):
     async def touch(self, key: SessionKey, add: CartAdd | None = None, requests: int = 1) -> Session | None:
         return await self.store.touch(key, add, requests)
 
-    async def identify(self, key: SessionKey) -> Session | None:
-        """Who holds this key: from the near cache when it may be trusted, else from the store."""
+    def cached(self, key: SessionKey) -> Session | None:
+        """Who holds this key, from the near cache when it may be trusted (and counted as a request)."""
         now = time.time()
         trusted = self.trusted()
         if not trusted and self.entries:
             self._drop("*")
         entry = self.entries.get(key.id) if trusted else None
         if entry and now - entry.cached_at < self.max_age_s \
-                and now < entry.session.created_at + self.limits.absolute_timeout_s:
+                and now < (session := entry.session).created_at + self.limits.absolute_timeout_s:
             self.pending[key.id] += 1
-            NEAR_CACHE.labels("hit").inc()
-            return replace(entry.session, requests=entry.session.requests + self.pending[key.id])
-        NEAR_CACHE.labels("miss").inc()
+            _HITS.inc()
+            return Session(session.username, session.created_on, session.created_at,
+                           session.requests + self.pending[key.id])
+        return None
+
+    async def identify(self, key: SessionKey) -> Session | None:
+        """Who holds this key: from the near cache when it may be trusted, else from the store."""
+        if (session := self.cached(key)) is not None:
+            return session
+        _MISSES.inc()
+        now = time.time()
         generation = self.generation
         session = await self.store.identify(key)
         if session is not None and generation == self.generation and self.trusted():

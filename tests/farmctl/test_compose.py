@@ -300,7 +300,7 @@ def test_render_docker_config_where_nginx_reads_it(compose: dict[str, Any], serv
 def test_run_uvicorn_keepalive_longer_than_nginx(uvicorn_cmd: list[str]) -> None:
     # python -m app: the uvicorn flags the native instances and the bench's peers get too.
     assert uvicorn_cmd[:3] == ["python", "-m", "app"]
-    assert "--factory" not in uvicorn_cmd  # app/__main__.py's default: app.main:create_app
+    assert "--factory" not in uvicorn_cmd  # app/__main__.py's default: app.main:create_instance
     assert KEEPALIVE_S == APP_KEEPALIVE_S
     timeouts = [int(s) for s in re.findall(r"^\s*keepalive_timeout (\d+)s;", render_nginx_docker(), re.M)]
     assert timeouts
