@@ -4,6 +4,7 @@ supervisord (native), the Docker image's CMD and the bench's peer apps all start
 this, so the server's behaviour (keep-alive, shutdown, headers) is written down once."""
 
 import argparse
+import os
 
 import uvicorn
 
@@ -12,14 +13,16 @@ import uvicorn
 KEEPALIVE_S = 75
 #: In-flight requests get this long after SIGTERM; the supervisors wait longer before SIGKILL.
 GRACEFUL_SHUTDOWN_S = 10
-DEFAULT_FACTORY = "app.main:create_app"
+DEFAULT_FACTORY = "app.main:create_instance"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--factory", default=DEFAULT_FACTORY, help="module:function returning the ASGI app")
+    # APP_FACTORY: how the bench runs its floors (bench.floors) as a farm's instances, served like ours.
+    parser.add_argument("--factory", default=os.environ.get("APP_FACTORY") or DEFAULT_FACTORY,
+                        help="module:function returning the ASGI app (default: $APP_FACTORY, else ours)")
     return parser.parse_args(argv)
 
 

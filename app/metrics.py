@@ -10,11 +10,14 @@ sets: route templates, methods, status codes, and the reasons named here."""
 
 import asyncio
 import time
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from anyio import CapacityLimiter
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # No *_created series beside every counter (process_start_time_seconds says when they started).
@@ -31,11 +34,55 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 #: The text format Prometheus 2.x reads (the client's default, 1.0.0, is for UTF-8 names we do not use).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-REQUESTS = Counter("webfarm_http_requests", "Requests answered, by route template, method and status code",
-                   ["route", "method", "code"])
-LATENCY = Histogram("webfarm_http_request_duration_seconds", "From the request's arrival to its last byte",
-                    ["route", "method"], buckets=LATENCY_BUCKETS)
-IN_FLIGHT = Gauge("webfarm_http_requests_in_flight", "Requests being answered now")
+
+
+class HttpCounts(Collector):
+    """RED for every request, counted in plain ints and turned into Prometheus' families only when
+    scraped: on the hot path the client library's own Counter.inc and Histogram.observe (a lock
+    each, a child per label set, a bucket search in Python) cost about as much as the rest of a
+    cached GET /api/me (README, "What it costs"). One event loop per process counts here, so
+    nothing needs a lock; a scrape runs on that loop too. Series, names and buckets are what the
+    client library's Counter, Histogram and Gauge would export."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.codes: dict[tuple[str, str, int], int] = {}
+        #: (route, method) -> [count per bucket, the +Inf one last], and the sum of the durations
+        self.buckets: dict[tuple[str, str], list[int]] = {}
+        self.sums: dict[tuple[str, str], float] = {}
+
+    def count(self, route: str, method: str, code: int, seconds: float) -> None:
+        codes = self.codes
+        codes[route, method, code] = codes.get((route, method, code), 0) + 1
+        key = route, method
+        buckets = self.buckets.get(key)
+        if buckets is None:
+            buckets = self.buckets[key] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[key] = 0.0
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sums[key] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("webfarm_http_requests", "Requests answered, by route template, method and "
+                                       "status code", labels=["route", "method", "code"])
+        for (route, method, code), n in list(self.codes.items()):
+            requests.add_metric([route, method, str(code)], n)
+        latency = HistogramMetricFamily("webfarm_http_request_duration_seconds", "From the request's arrival to "
+                                        "its last byte", labels=["route", "method"])
+        bounds = [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+        for (route, method), counts in list(self.buckets.items()):
+            cumulative, total = [], 0
+            for bound, n in zip(bounds, counts, strict=True):
+                total += n
+                cumulative.append((bound, float(total)))
+            latency.add_metric([route, method], cumulative, self.sums[route, method])
+        in_flight = GaugeMetricFamily("webfarm_http_requests_in_flight", "Requests being answered now",
+                                      value=self.in_flight)
+        return iter((requests, latency, in_flight))
+
+
+HTTP = HttpCounts()
+REGISTRY.register(HTTP)
 SIGNINS = Counter("webfarm_signins", "Sign-in attempts by outcome: ok, wrong (password or user), "
                   "throttled (429), busy (refused by admission, 503)", ["result"])
 SESSIONS_STARTED = Counter("webfarm_sessions_started", "Sessions started (a sign-in, a password change's new one)")
@@ -70,16 +117,10 @@ class MetricsMiddleware:
     """Counts and times every HTTP request (the outermost middleware: the limits' 413s and the
     deadline's 503s included), and answers GET /metrics itself.
 
-    On the hot path (GET /api/me, ~150 us of CPU) the client library's per-call costs show: so each
-    label set's children are looked up once and kept, and requests in flight are a plain count
-    (one event loop: no lock needed) that the gauge reads at each scrape."""
+    What it counts goes to HTTP (HttpCounts), the process's one set of RED counts."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.in_flight = 0
-        IN_FLIGHT.set_function(lambda: self.in_flight)
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,21 +137,14 @@ class MetricsMiddleware:
                 code = message["status"]
             await send(message)
 
-        self.in_flight += 1
+        HTTP.in_flight += 1
         try:
             await self.app(scope, receive, send_counted)
         finally:
-            self.in_flight -= 1
-            route, method = route_of(scope), scope["method"]
-            method = method if method in METHODS else "OTHER"  # what reaches an instance directly is any token
-            counter = self._counters.get((route, method, code))
-            if counter is None:
-                counter = self._counters[route, method, code] = REQUESTS.labels(route, method, str(code))
-            timer = self._timers.get((route, method))
-            if timer is None:
-                timer = self._timers[route, method] = LATENCY.labels(route, method)
-            counter.inc()
-            timer.observe(time.perf_counter() - started)
+            HTTP.in_flight -= 1
+            method = scope["method"]
+            # What reaches an instance directly is any token.
+            HTTP.count(route_of(scope), method if method in METHODS else "OTHER", code, time.perf_counter() - started)
 
 
 async def _exposition(send: Send) -> None:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from bench.openloop import OpenLoopResult
 from bench.redisstats import Counts, background_rate, per_request
-from bench.run import MODES, PEERS, BenchSpec, Measurements, Sample, farm_of
+from bench.run import FLOOR_OF_MODE, MODES, PEERS, BenchSpec, Measurements, Sample, farm_of
 from bench.summary import (
     BenchSummary,
     FixedRate,
@@ -38,6 +38,8 @@ Results = dict[str, Result]
 
 #: What issue #12 asks of /api/me vs /healthz through nginx, per mode (reported, not enforced).
 GOALS = {"exact": 0.70, "near": 0.90}
+#: What issue #23 asks of /api/me against its floor (bench.floors), per mode (reported, not enforced).
+FLOOR_GOALS = {"exact": 0.80, "near": 0.70}
 MODE_LABELS = {"near": "near cache (as shipped)", "exact": "exact (SESSION_NEAR_CACHE_S=0)"}
 CPU_GROUPS = ("app", "nginx", "redis", "wrk", "other")
 SCRIPTS = ("evalsha", "eval", "fcall", "evalsha_ro", "eval_ro", "fcall_ro")
@@ -116,6 +118,11 @@ def sections(instances: int) -> list[tuple[str, list[str]]]:
     s = "s" * (n > 1)
     peers = peer_keys()
     return [
+        *((f"0{part}. {mode} against its floor (bench/floors.py): GET /api/me, one process direct",
+           [f"direct-{FLOOR_OF_MODE[mode]}/me", f"direct-{mode}/me"]) for part, mode in zip("ab", MODES, strict=True)),
+        *((f"0{part}. ... and through nginx ({n} instance{s})",
+           [f"{FLOOR_OF_MODE[mode]}-nginx-{n}/me", f"{'' if mode == 'near' else mode + '-'}nginx-{n}/me"])
+          for part, mode in zip("cd", MODES, strict=True)),
         ("1. the balancer's cost: GET /healthz, one instance", ["direct/healthz", "nginx-1/healthz"]),
         ("1b. ... and its latency: one connection, so no queueing", ["direct-1conn/healthz", "nginx-1-1conn/healthz"]),
         (f"2a. the session layer's cost through nginx ({n} instance{s}): near cache (as shipped)",
@@ -167,6 +174,10 @@ def modes(results: Results, n: int) -> dict[str, ModeFigures]:
             cpu_us_per_request=me.cpu_us_per_request,
             cpu_us_per_request_healthz=healthz.cpu_us_per_request,
             fixed_rate=Latency.model_validate(fixed_rate_of(me), from_attributes=True),
+            floor=FLOOR_OF_MODE[mode],
+            floor_ratio_direct=_ratio(results, f"direct-{mode}/me", f"direct-{FLOOR_OF_MODE[mode]}/me"),
+            floor_ratio_nginx=_ratio(results, f"{prefix}nginx-{n}/me", f"{FLOOR_OF_MODE[mode]}-nginx-{n}/me"),
+            floor_goal=FLOOR_GOALS[mode],
         )
     return out
 
@@ -272,6 +283,10 @@ def table(summary: BenchSummary) -> str:
               f"  balancer_ratio         {summary.balancer_ratio:.2f}  nginx -> web1 vs web1 direct, GET /healthz; "
               f"one connection: {summary.balancer_ratio_one_connection:.2f}, "
               f"+{summary.balancer_latency_us} us at p50"]
+    for mode, m in summary.modes.items():
+        lines.append(f"  floor_ratio {mode:<10} {m.floor_ratio_direct:.2f}  GET /api/me vs {m.floor} "
+                     f"(bench/floors.py), one process direct; goal {m.floor_goal:.2f}; "
+                     f"through nginx: {m.floor_ratio_nginx:.2f}")
     for mode, m in summary.modes.items():
         lines.append(f"  session_ratio {mode:<8} {m.session_ratio:.2f}  GET /api/me vs GET /healthz through nginx "
                      f"({settings.instances} instances), {m.label}; goal {m.goal:.2f}; "

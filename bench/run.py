@@ -34,6 +34,11 @@ MODES: dict[str, dict[str, str]] = {"near": {}, "exact": {"SESSION_NEAR_CACHE_S"
 #: Each mode again on a one-instance farm of its own with the instances' metrics off (METRICS=0):
 #: what measuring every request costs, against direct-<mode>/me.
 UNMEASURED: dict[str, dict[str, str]] = {f"{mode}-m0": {**env, "METRICS": "0"} for mode, env in MODES.items()}
+#: The floors (bench.floors), run as a farm's instances - the same server, flags, supervisor and
+#: nginx as ours - and the session mode each one bounds: the near cache asks Redis nothing per
+#: request (the bare floor), exact mode asks it once (the one-round-trip floor).
+FLOORS: dict[str, str] = {"floor-bare": "bench.floors:bare_app", "floor-1rt": "bench.floors:roundtrip_app"}
+FLOOR_OF_MODE = {"near": "floor-bare", "exact": "floor-1rt"}
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,12 @@ def targets(stage: Stage, instances: int) -> list[Target]:
         *(Target(f"{name}/me", f"{name}, GET /api/me", name, f"{peer.url}/api/me", (login(peer.url),),
                  fixed_rate=True) for name, peer in stage.peers.items()),
     ]
-    balanced = [Target("nginx-1-1conn/healthz", "nginx -> 1 instance, GET /healthz, 1 connection", "near",
+    floors = [stage.farms[name].config for name in FLOORS]
+    direct += [Target(f"direct-{name}/me", f"web1 direct, GET /api/me, {name} (bench/floors.py)", name,
+                      f"{config.web[0].url}/api/me") for name, config in zip(FLOORS, floors, strict=True)]
+    balanced = [Target(f"{name}-nginx-{n}/me", f"nginx -> {n} instance(s), GET /api/me, {name}", name,
+                       f"{config.balancer_url}/api/me", active=n) for name, config in zip(FLOORS, floors, strict=True)]
+    balanced += [Target("nginx-1-1conn/healthz", "nginx -> 1 instance, GET /healthz, 1 connection", "near",
                        f"{near.balancer_url}/healthz", active=1, connections=1)]
     for k in range(1, n + 1):
         balanced += [
@@ -330,6 +340,9 @@ def run_bench(spec: BenchSpec) -> Measurements:
             for name, env in UNMEASURED.items():
                 farms[name] = stack.enter_context(
                     running_farm(bench_farm(name, 1, "redis", spec.state_root, env), "native"))
+            for name, factory in FLOORS.items():
+                farms[name] = stack.enter_context(running_farm(
+                    bench_farm(name, spec.instances, "redis", spec.state_root, {"APP_FACTORY": factory}), "native"))
         except FarmError as exc:
             raise BenchError(str(exc)) from None
         stage = Stage(farms)

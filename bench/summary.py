@@ -107,6 +107,12 @@ class ModeFigures(BaseModel):
     cpu_us_per_request: PerGroup
     cpu_us_per_request_healthz: PerGroup
     fixed_rate: Latency
+    #: Against the floor this mode is bounded by (bench.floors; near: the bare app, exact: the bare
+    #: app plus one EVALSHA), one process direct and through nginx; 0 in summaries from before.
+    floor: str = ""
+    floor_ratio_direct: float = 0.0
+    floor_ratio_nginx: float = 0.0
+    floor_goal: float = 0.0
 
 
 class PeerRow(BaseModel):

@@ -22,6 +22,8 @@ CONFIGURATIONS = {
     "nginx-1/healthz", "nginx-1/me", "nginx-2/healthz", "nginx-2/me",
     "exact-nginx-2/healthz", "exact-nginx-2/me",
     "direct-near-m0/me", "direct-exact-m0/me",  # METRICS=0: what the metrics cost
+    # the floors (bench/floors.py), direct and through nginx
+    "direct-floor-bare/me", "direct-floor-1rt/me", "floor-bare-nginx-2/me", "floor-1rt-nginx-2/me",
 }
 #: Measured open loop at a fixed rate as well.
 FIXED_RATE = {"direct/healthz", "direct-near/me", "direct-exact/me", "starsessions/me", "redis-getset/me",
@@ -56,8 +58,14 @@ def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -
     assert results["starlette-cookie/me"].redis_commands_total < 0.1
     assert results["nginx-2/healthz"].redis_commands_total < 0.1
     assert results["exact-nginx-2/healthz"].redis_commands_total < 0.1
-    assert set(summary.redis_background_per_s) == {"near", "exact", "memory", "near-m0", "exact-m0"}
-    assert all(sum(rates.values()) > 0 for rates in summary.redis_background_per_s.values())
+    assert set(summary.redis_background_per_s) == {"near", "exact", "memory", "near-m0", "exact-m0", "floor-bare",
+                                                    "floor-1rt"}
+    # The floors: the bare one asks Redis nothing, the other one script per request.
+    assert results["direct-floor-bare/me"].redis_commands_total < 0.1
+    assert results["floor-1rt-nginx-2/me"].redis_scripts_per_request == pytest.approx(1, abs=0.1)
+    # Our instances heartbeat on their own (the floors write nothing unasked).
+    assert all(sum(rates.values()) > 0 for name, rates in summary.redis_background_per_s.items()
+               if not name.startswith("floor"))
 
     assert set(summary.modes) == {"near", "exact"}
     for mode, figures in summary.modes.items():
@@ -67,6 +75,9 @@ def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -
         assert set(figures.cpu_us_per_request) == set(CPU_GROUPS), mode
         assert figures.cpu_us_per_request["nginx"] > 0, mode
         assert figures.fixed_rate.p99_ms > 0, mode
+        assert figures.floor_ratio_direct > 0, mode
+        assert figures.floor_ratio_nginx > 0, mode
+        assert figures.floor_goal > 0, mode
     assert summary.modes["exact"].instance_env == {"SESSION_NEAR_CACHE_S": "0"}
     assert summary.modes["exact"].cpu_us_per_request["redis"] > 0
 
