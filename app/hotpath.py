@@ -60,7 +60,7 @@ class HotPath:
         self.cookie, self.secure_cookie = settings.session_cookie, f"__Host-{settings.session_cookie}"
         self.exact = not settings.session_near_cache_s
         self.memo_key = lru_cache(maxsize=MEMO)(self.session_key)
-        self.answer = self._answer if self.exact else lru_cache(maxsize=MEMO)(self._answer)
+        self.template = lru_cache(maxsize=MEMO)(self._template)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or (path := scope["path"]) not in (ME, HEALTHZ):
@@ -129,12 +129,21 @@ class HotPath:
                 return self.json(503, STORE_UNAVAILABLE, _RETRY_1)
             if session is None:
                 return self.json(401, NOT_SIGNED_IN)
-        # Under the near cache `whoami` shows no count: the answer is the same for every request.
-        return self.answer(session.username, session.created_on, session.created_at,
-                           session.requests if self.exact else 0)
+        answer = self.template(session.username, session.created_on, session.created_at)
+        if not self.exact:  # under the near cache `whoami` shows no count: one answer for every request
+            return answer
+        # In exact mode the count is the answer's last field, and the rest is the same for every request.
+        start, template = answer
+        body = template["body"][:-2] + b"%d}" % session.requests
+        content_type, _, *stamps = start["headers"]
+        return ({**start, "headers": [content_type, (b"content-length", b"%d" % len(body)), *stamps]},
+                {"type": "http.response.body", "body": body})
 
-    def _answer(self, username: str, created_on: str, created_at: float, requests: int) -> Answer:
-        return self.json(200, whoami(self.services.settings, Session(username, created_on, created_at, requests)))
+    def _template(self, username: str, created_on: str, created_at: float) -> Answer:
+        """The session's answer with its count (in exact mode) 0, the last field: `...,"requests_in_session":0}`."""
+        answer = self.json(200, whoami(self.services.settings, Session(username, created_on, created_at, 0)))
+        assert answer[1]["body"].endswith(b":0}" if self.exact else b":null}"), answer
+        return answer
 
     def json(self, status: int, content: str | dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
         """An answer's two messages, as app.middleware's `send_json` and ServedByMiddleware make them."""
