@@ -12,11 +12,14 @@ full Redis (they only free memory). What one account can make the store keep is 
 one record of the session's recent cart adds (`applied_window_s`), deleted with the session."""
 
 import logging
+import secrets
 import time
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from app.metrics import IDEMPOTENT_REPEATS
@@ -37,17 +40,21 @@ log = logging.getLogger(__name__)
 CART_PREFIX = "cart:"
 
 # KEYS: session, live-index, user-index, user-epoch. ARGV: sid, username, created_on, idle_ms, epoch, absolute_ms,
-# max sessions per account, session key prefix, applied key prefix. The user's index is a sorted set of
-# session ids by creation time: past the cap, the oldest end here (at most the few over it).
+# max sessions per account, session key prefix, applied key prefix, expired entries to trim. The user's index
+# is a sorted set of session ids by creation time: past the cap, the oldest end here (at most the few over it).
+# Expired sessions leave the live index a bounded number per login (they are the lowest ranks): after a mass
+# expiry, one ZREMRANGEBYSCORE would hold Redis until all were gone (a million: 0.3 s), and each session
+# that expires was started by a login, so the trimming keeps up.
 _CREATE = """
 local epoch = redis.call('GET', KEYS[4]) or '0'
 if epoch ~= ARGV[5] then return false end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('HSET', KEYS[1], 'username', ARGV[2], 'created_on', ARGV[3], 'created_at_ms', now,
-           'requests', 0, 'epoch', epoch)
+           'requests', 0, 'epoch', epoch, 'listed', now + ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local expired = math.min(redis.call('ZCOUNT', KEYS[2], '-inf', now), tonumber(ARGV[10]))
+if expired > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, expired - 1) end
 redis.call('ZADD', KEYS[2], now + ARGV[4], ARGV[1])
 -- Scored in microseconds: the oldest first, also among logins of the same millisecond.
 local now_us = t[1] * 1000000 + t[2]
@@ -67,48 +74,73 @@ if epoch ~= '0' then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
 return now
 """
 
-# KEYS: session, live-index, applied (the request ids of the session's adds). ARGV: sid, idle_ms, absolute_ms,
-# requests, cart field, qty, max items, max qty, epoch key prefix, user-index key prefix, request id, applied_ms.
-# The user's epoch and index keys are derived from the session's username, so they cannot be declared in
-# KEYS: fine on a single Redis or behind Sentinel, not on Redis Cluster. Declared a writing script (the
-# shebang): a Redis that refuses writes refuses it whole, before it runs. Without one, a full Redis lets
-# every write through once the first that frees memory has run (for the script's atomicity).
-_TOUCH = """#!lua
-local s = redis.call('HMGET', KEYS[1], 'created_at_ms', 'username', 'epoch')
+# The check every authenticated request starts with, and the slide it ends with: the start and the end of the
+# two scripts below. KEYS: session, live-index, applied (the request ids of the session's adds). ARGV: sid, idle_ms,
+# absolute_ms, requests, epoch key prefix, user-index key prefix. The user's epoch and index keys are derived from
+# the session's username, so they cannot be declared in KEYS: fine on a single Redis or behind Sentinel, not on
+# Redis Cluster. Both are declared writing scripts (the shebang): a Redis that refuses writes refuses them whole,
+# before they run. Without one, a full Redis lets every write through once the first that frees memory has run
+# (for the script's atomicity).
+_CHECK = """#!lua
+local s = redis.call('HMGET', KEYS[1], 'created_at_ms', 'username', 'epoch', 'created_on', 'listed')
 if not s[1] then return false end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local left = tonumber(s[1]) + tonumber(ARGV[3]) - now
-local epoch = redis.call('GET', ARGV[9] .. s[2]) or '0'
+local epoch = redis.call('GET', ARGV[5] .. s[2]) or '0'
 if left <= 0 or epoch ~= (s[3] or '0') then
     redis.call('DEL', KEYS[1], KEYS[3])
     redis.call('ZREM', KEYS[2], ARGV[1])
-    redis.call('ZREM', ARGV[10] .. s[2], ARGV[1])
+    redis.call('ZREM', ARGV[6] .. s[2], ARGV[1])
     return false
 end
+local ttl = math.min(tonumber(ARGV[2]), left)
+"""
+# The live index is moved on only when the expiry it lists falls short of the session's by more than a
+# twentieth of the idle timeout (LIST_SLACK): a ZADD on every request into the one index every session shares
+# was the largest Redis cost of a request. So a session idle for more than 95 % of the idle timeout may be
+# missing from the live count a little before it expires (at the default 30 minutes, its last 90 s).
+_SLIDE = """
+redis.call('PEXPIRE', KEYS[1], ttl)
+if tonumber(s[5] or '0') < now + ttl - ARGV[2] / 20 then
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+    redis.call('HSET', KEYS[1], 'listed', now + ttl)
+end
+"""
+#: The fields of a session's hash that are not cart items (the cart's item limit counts the others).
+_FIELDS = ("username", "created_on", "created_at_ms", "requests", "epoch", "listed")
+
+# Who holds this session (GET /api/me in exact mode): checked, counted, slid; its identity returned, not the
+# whole record. ARGV as _CHECK's.
+_IDENTIFY = _CHECK + """
+local requests = redis.call('HINCRBY', KEYS[1], 'requests', ARGV[4])
+""" + _SLIDE + """
+return {s[2], s[4], s[1], requests}
+"""
+
+# Checked, counted, slid, and a cart add applied (once per request id); the whole record returned. ARGV:
+# _CHECK's, then cart field, qty, max items, max qty, request id, applied_ms.
+_TOUCH = _CHECK + f"""
 local status = 'ok'
-if ARGV[5] ~= '' then
-    local have = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0')
+if ARGV[7] ~= '' then
+    local have = tonumber(redis.call('HGET', KEYS[1], ARGV[7]) or '0')
     if ARGV[11] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ARGV[12]) end
     if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[3], ARGV[11]) then
         status = 'duplicate'
-    -- HLEN less the five fields that are not cart items (username ... epoch).
-    elseif have == 0 and redis.call('HLEN', KEYS[1]) - 5 >= tonumber(ARGV[7]) then
+    elseif have == 0 and redis.call('HLEN', KEYS[1]) - {len(_FIELDS)} >= tonumber(ARGV[9]) then
         status = 'too_many_items'
-    elseif have + tonumber(ARGV[6]) > tonumber(ARGV[8]) then
+    elseif have + tonumber(ARGV[8]) > tonumber(ARGV[10]) then
         status = 'quantity_too_high'
     else
-        redis.call('HINCRBY', KEYS[1], ARGV[5], ARGV[6])
+        redis.call('HINCRBY', KEYS[1], ARGV[7], ARGV[8])
         if ARGV[11] ~= '' then
             redis.call('ZADD', KEYS[3], now, ARGV[11])
             redis.call('PEXPIRE', KEYS[3], ARGV[12])
         end
     end
 end
-local ttl = math.min(tonumber(ARGV[2]), left)
 if status ~= 'duplicate' then redis.call('HINCRBY', KEYS[1], 'requests', ARGV[4]) end
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+""" + _SLIDE + """
 local record = redis.call('HGETALL', KEYS[1])
 table.insert(record, 1, status)
 return record
@@ -138,20 +170,44 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 if username then redis.call('ZREM', ARGV[2] .. username, ARGV[1]) end
 """
 
-# KEYS: user-epoch, user-index, live-index. ARGV: absolute_ms, session key prefix, applied key prefix.
-# As many sessions as the cap allows at most: a few hundred commands, well under a millisecond.
-_DELETE_USER = """#!lua flags=allow-oom
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local ended = 0
-for _, sid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    ended = ended + redis.call('DEL', ARGV[2] .. sid)
-    redis.call('DEL', ARGV[3] .. sid)
-    redis.call('ZREM', KEYS[3], sid)
+# Deletes up to ARGV[1] sessions of an index whose sessions have ended already (by their epoch), and takes
+# them out of the live index. KEYS: that index, live-index. ARGV: batch, session key prefix, applied key
+# prefix. Returns how many of those sessions still existed, and how many ids the index has left.
+_END_BATCH_LUA = """
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+if #popped == 0 then return {0, 0} end
+local sids, sessions, applied = {}, {}, {}
+for i = 1, #popped, 2 do
+    sids[#sids + 1] = popped[i]
+    sessions[#sessions + 1] = ARGV[2] .. popped[i]
+    applied[#applied + 1] = ARGV[3] .. popped[i]
 end
-redis.call('DEL', KEYS[2])
-return ended
+local ended = redis.call('DEL', unpack(sessions))
+redis.call('DEL', unpack(applied))
+redis.call('ZREM', KEYS[2], unpack(sids))
+return {ended, redis.call('ZCARD', KEYS[1])}
 """
+
+# allow-oom, as _DELETE. The INCR alone ends every session of the user, at once; the index then moves
+# to a name of its own (KEYS[3], not yet taken: RENAME is O(1), and keeps the TTL) before the first
+# batch is deleted, so that the next batches, each a script of its own, reach only sessions of the
+# ended epoch: a login meanwhile starts a new index. One script for all would hold Redis for as long
+# as the user has sessions (10,000: 40 ms). KEYS: ending (that name), live-index, user-epoch,
+# user-index. ARGV: as _END_BATCH_LUA's, absolute_ms.
+_DELETE_USER = """#!lua flags=allow-oom
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+if redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0} end
+redis.call('RENAME', KEYS[4], KEYS[1])
+""" + _END_BATCH_LUA
+
+# allow-oom, as _DELETE. KEYS and ARGV: as _END_BATCH_LUA's.
+_END_BATCH = "#!lua flags=allow-oom\n" + _END_BATCH_LUA
+
+#: Sessions deleted per script by sign-out-everywhere: half a millisecond of Redis each, with 200,000 live.
+END_BATCH = 100
+#: Expired entries a login removes from the live index at most (tens of microseconds).
+LIVE_TRIM = 100
 
 #: After a write was refused, reads go straight to the check for this long, instead of being refused
 #: first (each refusal costs the lane its connections).
@@ -182,6 +238,14 @@ def session_from_fields(fields: dict[str, str]) -> Session:
     )
 
 
+def _identity(reply: Any) -> Session | None:
+    """The identity script's reply: username, created_on, created_at_ms, requests (nothing when gone)."""
+    if not reply:
+        return None
+    username, created_on, created_at_ms, requests = reply
+    return Session(username, created_on, int(created_at_ms) / 1000, int(requests))
+
+
 class RedisSessionStore(SessionStore):
     """With ``replicas_to_wait`` (behind Sentinel), ``create`` returns only once that many replicas
     have acknowledged the new session (WAIT), or after ``wait_timeout_ms`` - so a failover right
@@ -201,10 +265,13 @@ class RedisSessionStore(SessionStore):
         self._epoch_prefix = f"{prefix}:user-epoch:"
         self._index_prefix = f"{prefix}:user-index:"
         self._applied_prefix = f"{prefix}:applied:"
+        self._ending_prefix = f"{prefix}:user-index-ending:"
         self._create = redis.register_script(_CREATE)
         self._touch = redis.register_script(_TOUCH)
+        self._identify = redis.register_script(_IDENTIFY)
         self._delete = redis.register_script(_DELETE)
         self._delete_user = redis.register_script(_DELETE_USER)
+        self._end_batch = redis.register_script(_END_BATCH)
         self._refusing_until = 0.0
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -221,11 +288,29 @@ class RedisSessionStore(SessionStore):
     async def epoch(self, username: str) -> int:
         return int(await self.redis.get(self._epoch_prefix + username) or 0)
 
+    def _create_call(self, key: SessionKey, username: str, created_on: str,
+                     epoch: int) -> tuple[list[str], list[str | int]]:
+        """The create script's KEYS and ARGV."""
+        return ([self.key(key.id), self.live_key, self.user_key(username), self._epoch_prefix + username],
+                [key.id, username, created_on, self.limits.idle_ms, epoch, self.limits.absolute_ms,
+                 self.limits.max_sessions_per_account, self.key(""), self._applied_prefix, LIVE_TRIM])
+
+    async def create_many(self, logins: Sequence[tuple[str, int]],
+                          created_on: str) -> list[tuple[SessionKey, Session] | None]:
+        """`create` for each (username, epoch), in one pipeline: the same script (the same keys,
+        indexes, cap and TTLs), one round trip for them all, no WAIT. For a bulk loader (the
+        bench's million sessions); an instance signs users in one at a time, with `create`."""
+        started = [SessionKey.new() for _ in logins]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, (username, epoch) in zip(started, logins, strict=True):
+                await self._create(*self._create_call(key, username, created_on, epoch), client=pipe)
+            replies = await pipe.execute()
+        return [None if now_ms is None else (key, Session(username, created_on, int(now_ms) / 1000, 0))
+                for key, (username, _), now_ms in zip(started, logins, replies, strict=True)]
+
     async def create(self, username: str, created_on: str, epoch: int) -> tuple[SessionKey, Session] | None:
         key = SessionKey.new()
-        keys = [self.key(key.id), self.live_key, self.user_key(username), self._epoch_prefix + username]
-        args: list[str | int] = [key.id, username, created_on, self.limits.idle_ms, epoch, self.limits.absolute_ms,
-                                 self.limits.max_sessions_per_account, self.key(""), self._applied_prefix]
+        keys, args = self._create_call(key, username, created_on, epoch)
         if not self.replicas_to_wait:
             now_ms = await self._create(keys, args)
         else:
@@ -242,18 +327,30 @@ class RedisSessionStore(SessionStore):
         return key, Session(username, created_on, int(now_ms) / 1000, 0)
 
     async def touch(self, key: SessionKey, add: CartAdd | None = None, requests: int = 1) -> Session | None:
-        """On a store that refuses writes, a touch without an add degrades to the check alone: the
-        session is validated, but neither counted nor kept alive (its idle expiry does not slide)."""
+        field, qty = (CART_PREFIX + add.sku, add.qty) if add else ("", 0)
+        return await self._checked(key, requests, self._touch, self._session, add, [
+            field, qty, self.limits.max_cart_items, self.limits.max_item_qty, add.request_id if add else "",
+            self.limits.applied_ms])
+
+    async def identify(self, key: SessionKey) -> Session | None:
+        """As `touch` without an add, in a script that returns the identity alone: a request that
+        only asks who this is reads neither the cart nor the rest of the record."""
+        return await self._checked(key, 1, self._identify, _identity, None, [])
+
+    async def _checked(self, key: SessionKey, requests: int, script: AsyncScript,
+                       parse: Callable[[Any], Session | None], add: CartAdd | None,
+                       args: list[str | int]) -> Session | None:
+        """Run one of the scripts that start with _CHECK, on the hot path's lane. On a store that
+        refuses writes, a run without an add degrades to the check alone: the session is validated,
+        but neither counted nor kept alive (its idle expiry does not slide)."""
         if add is None and time.monotonic() < self._refusing_until:
             # EVAL, not EVALSHA: a Redis that cannot persist refuses SCRIPT LOAD, which a NOSCRIPT needs.
             return self._session(await self.redis.eval(_PEEK, 1, self.key(key.id), self.limits.absolute_ms,
                                                        self._epoch_prefix))
-        field, qty = (CART_PREFIX + add.sku, add.qty) if add else ("", 0)
         try:
-            reply = await self.lane.run(self._touch, [self.key(key.id), self.live_key, self._applied_prefix + key.id], [
-                key.id, self.limits.idle_ms, self.limits.absolute_ms, requests, field, qty,
-                self.limits.max_cart_items, self.limits.max_item_qty, self._epoch_prefix, self._index_prefix,
-                add.request_id if add else "", self.limits.applied_ms])
+            reply = await self.lane.run(script, [self.key(key.id), self.live_key, self._applied_prefix + key.id], [
+                key.id, self.limits.idle_ms, self.limits.absolute_ms, requests, self._epoch_prefix,
+                self._index_prefix, *args])
         except RedisError as exc:
             if refusal(exc) is None:
                 raise
@@ -261,8 +358,8 @@ class RedisSessionStore(SessionStore):
             if add is not None:
                 raise
             log.warning("session store refuses writes (%s): sessions checked, not counted or slid", exc)
-            return await self.touch(key)
-        return self._session(reply)
+            return await self._checked(key, requests, script, parse, add, args)
+        return parse(reply)
 
     @staticmethod
     def _session(reply: Any) -> Session | None:
@@ -281,11 +378,24 @@ class RedisSessionStore(SessionStore):
 
     async def delete_user(self, username: str) -> int:
         """Move the epoch on (that alone ends every session, those of logins in flight included),
-        and delete the sessions the index knows of, so that they stop counting as live at once: one
-        script, as long as the cap allows, so the answer says what happened - all of it or none."""
-        return int(await self._delete_user(
-            [self._epoch_prefix + username, self.user_key(username), self.live_key],
-            [self.limits.absolute_ms, self.key(""), self._applied_prefix]))
+        then delete the sessions the index knows of, so that they stop counting as live: the first
+        END_BATCH in the epoch's script, the rest END_BATCH per script, so that no command holds
+        Redis long however many sessions the user has. Once the epoch has moved, every session has
+        ended: a batch that fails then is logged, not raised, and what it left expires on its own
+        (idle TTL; a touch deletes it at once)."""
+        ending = f"{self._ending_prefix}{username}:{secrets.token_hex(8)}"
+        batch: list[str | int] = [END_BATCH, self.key(""), self._applied_prefix]
+        ended, left = await self._delete_user(
+            [ending, self.live_key, self._epoch_prefix + username, self.user_key(username)],
+            [*batch, self.limits.absolute_ms])
+        while left:
+            try:
+                deleted, left = await self._end_batch([ending, self.live_key], batch)
+            except RedisError as exc:
+                log.warning("sessions of %s ended, %d left to expire on their own: %s", username, left, exc)
+                break
+            ended += deleted
+        return int(ended)
 
     async def count_live(self) -> int:
         now_ms = int(time.time() * 1000)

@@ -6,12 +6,14 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.sessions import CartAdd, Limits, RedisSessionStore, StoreState, refusal
+from app.sessions import CartAdd, Limits, RedisSessionStore, SessionKey, StoreState, refusal
+from app.sessions.redis import END_BATCH, LIVE_TRIM
 from tests.app.sessions.stores import PREFIX, new_username, redis_store, start
 
 
@@ -101,6 +103,76 @@ async def test_ending_a_session_removes_it_from_the_users_index(redis: Redis) ->
     assert indexes == []
 
 
+async def sign_in_many(store: RedisSessionStore, username: str, n: int) -> list[SessionKey]:
+    """`n` logins of `username`, 250 at a time."""
+    keys: list[SessionKey] = []
+    for first in range(0, n, 250):
+        keys += [k for k, _ in await asyncio.gather(*(start(store, username) for _ in range(min(250, n - first))))]
+    return keys
+
+
+@asynccontextmanager
+async def slowlog(redis: Redis, slower_than_us: int) -> AsyncIterator[list[dict[str, Any]]]:
+    """What Redis logs as slower than `slower_than_us` inside the block (in the list, at its end)."""
+    before = await redis.config_get("slowlog-*")
+    await redis.config_set("slowlog-log-slower-than", slower_than_us)
+    await redis.config_set("slowlog-max-len", 1024)
+    await redis.slowlog_reset()
+    entries: list[dict[str, Any]] = []
+    try:
+        yield entries
+        entries += await redis.slowlog_get(1024)
+    finally:
+        for name, value in before.items():
+            await redis.config_set(str(name), str(value))
+
+
+async def test_sign_out_everywhere_of_thousands_of_sessions_never_holds_redis(redis: Redis) -> None:
+    """Every session ends, and no command of it holds Redis for 5 ms (SLOWLOG: Redis's own time per
+    command, a script whole). One script for all 5,000 took 15-20 ms on the CI machine."""
+    many = 5000
+    store, alice, bob = redis_store(redis, max_sessions_per_account=many), new_username(), new_username()
+    keys = await sign_in_many(store, alice, many)
+    bobs, _ = await start(store, bob)
+    async with slowlog(redis, 1000) as slow:
+        assert await store.delete_user(alice) == many
+    assert max((entry["duration"] for entry in slow), default=0) < 5000, slow
+    assert not await redis.exists(*(store.key(k.id) for k in keys))
+    assert await redis.zmscore(store.live_key, [k.id for k in keys]) == [None] * many
+    assert [k async for k in redis.scan_iter(f"{PREFIX}:*{alice}*")] == [f"{PREFIX}:user-epoch:{alice}"]
+    assert await store.touch(bobs) is not None
+
+
+async def test_a_login_while_sign_out_everywhere_deletes_its_batches_keeps_its_session(redis: Redis) -> None:
+    """The batches reach only sessions of the ended epoch: a login under the new one, landing between
+    two batches, survives them (it started after the sign-out)."""
+    store, alice = redis_store(redis, max_sessions_per_account=3000), new_username()
+    await sign_in_many(store, alice, 3000)
+    ending = asyncio.create_task(store.delete_user(alice))
+    during: list[SessionKey] = []
+    while not ending.done():
+        started = await store.create(alice, "web2", await store.epoch(alice))
+        if started is not None and not ending.done():
+            during.append(started[0])
+    assert await ending == 3000
+    assert during, "no login landed between the batches"
+    assert all([await store.touch(k) is not None for k in during])
+
+
+async def test_a_login_trims_a_bounded_number_of_expired_sessions_from_the_live_index(redis: Redis) -> None:
+    """After a mass expiry the live index keeps its stale entries until logins trim them, LIVE_TRIM at
+    a time: no login holds Redis for as long as it takes to remove them all."""
+    store = RedisSessionStore(redis, f"{PREFIX}-{new_username()}", Limits(1, 3600))
+    await asyncio.gather(*(start(store, new_username()) for _ in range(2 * LIVE_TRIM + 10)))
+    await asyncio.sleep(1.1)
+    sizes = []
+    for _ in range(3):
+        await start(store, new_username())
+        sizes.append(await redis.zcard(store.live_key))
+    assert sizes == [LIVE_TRIM + 11, 12, 3]
+    assert await store.count_live() == 3
+
+
 @asynccontextmanager
 async def full(redis: Redis) -> AsyncIterator[None]:
     """This Redis at its maxmemory: writes refused (OOM), reads and deletes allowed."""
@@ -129,3 +201,47 @@ async def test_a_full_redis_still_validates_sessions_and_ends_them(redis: Redis)
         await store.delete(key)
         assert await store.touch(key) is None
     assert await store.touch(key) is None
+
+
+async def test_a_full_redis_still_signs_out_everywhere_in_batches(redis: Redis) -> None:
+    many = 2 * END_BATCH + 1
+    store, alice = redis_store(redis, max_sessions_per_account=many), new_username()
+    keys = await sign_in_many(store, alice, many)
+    async with full(redis):
+        assert await store.delete_user(alice) == many
+    assert not await redis.exists(*(store.key(k.id) for k in keys))
+
+
+async def test_identify_counts_and_slides_like_touch_and_returns_no_cart(redis: Redis) -> None:
+    store = redis_store(redis, idle=60)
+    key, created = await start(store)
+    redis_key = f"{PREFIX}:session:{key.id}"
+    await store.touch(key, CartAdd("apple", 3))
+    await redis.pexpire(redis_key, 5000)
+    session = await store.identify(key)
+    assert session is not None
+    assert (session.username, session.created_on, session.created_at) == ("alice", "web1", created.created_at)
+    assert (session.requests, session.cart) == (2, {})
+    assert 55_000 < await redis.pttl(redis_key) <= 60_000
+    await store.delete_user("alice")  # the epoch moves on: identify never answers for it again
+    assert await store.identify(key) is None
+    assert not await redis.exists(redis_key)
+
+
+async def test_the_live_index_moves_only_once_it_lags_by_a_twentieth_of_the_idle_timeout(redis: Redis) -> None:
+    """Every request slides the session's expiry; the live index, shared by every session, is
+    written only when the expiry it lists falls short by more than idle/20 (here 100 ms)."""
+    store = redis_store(redis, idle=2)
+    key, _ = await start(store, new_username())
+    listed = await redis.zscore(store.live_key, key.id)
+    for _ in range(5):
+        assert await store.identify(key) is not None
+        assert await store.touch(key) is not None
+    assert await redis.zscore(store.live_key, key.id) == listed
+    await asyncio.sleep(0.15)
+    assert await store.identify(key) is not None
+    moved = await redis.zscore(store.live_key, key.id)
+    assert moved is not None
+    assert listed is not None
+    assert moved > listed + 100
+    assert moved == float(await redis.hget(f"{PREFIX}:session:{key.id}", "listed") or 0)
