@@ -12,7 +12,7 @@ export USERS DURATION KILL_EVERY CHAOS
 .PHONY: help up down status logs test lint loadtest compare clean prereqs roll scale redis-restart
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+) to create $(VENV)"; exit 1; }
@@ -86,6 +86,11 @@ bench: $(VENV)/.installed ## wrk: balancer, both session modes, Redis commands a
 	@farmctl/prereqs.sh nginx redis-server wrk
 	$(PY) -m bench $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(DURATION),--duration $(DURATION)) \
 		$(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(N),--instances $(N)) $(if $(RATE),--rate $(RATE))
+
+.PHONY: bench-growth
+bench-growth: $(VENV)/.installed ## what grows with the work: 1k vs 1M live sessions, sign-out-everywhere of 10k (SESSIONS=1000000 USER_SESSIONS=10000)
+	@farmctl/prereqs.sh nginx redis-server wrk
+	$(PY) -m bench.growth $(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(USER_SESSIONS),--user-sessions $(USER_SESSIONS))
 
 .PHONY: manifests
 manifests: $(VENV)/.installed ## re-render k8s/base/nginx.conf from nginx/nginx.conf.j2

@@ -1,4 +1,5 @@
-"""python -m bench.openloop URL --rate R --duration S [-H 'Name: value']... - GET at a fixed rate, open loop.
+"""python -m bench.openloop URL --rate R --duration S [-H 'Name: value']... [--rotate FILE] - GET at a fixed
+rate, open loop.
 
 wrk is closed-loop: a connection sends its next request only once the previous one is answered,
 so while the server stalls wrk stops asking, and the stall is measured once instead of once per
@@ -7,7 +8,8 @@ not package it; this does the same, small: request i is due at start + i / rate 
 before, goes out on an idle keep-alive connection (a new one when none is idle), and its latency
 is counted from when it was due, not from when it was sent. A thread keeps the schedule with
 time.sleep (the event loop's timers are only good to a millisecond); how late the sends still
-were is reported as `lag`, and is part of every latency. Prints one JSON object."""
+were is reported as `lag`, and is part of every latency. With --rotate, each request also
+carries the next header line of FILE, in turn (many users' cookies). Prints one JSON object."""
 
 import argparse
 import asyncio
@@ -20,6 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 #: A request still unanswered this long after the schedule ended counts as an error.
@@ -75,7 +78,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.due = due
         self.load.lags.append(time.monotonic() - due)
-        self.transport.write(self.load.request)
+        self.transport.write(self.load.next_request())
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -107,10 +110,12 @@ class _Connection(asyncio.Protocol):
 
 
 class _Load:
-    def __init__(self, host: str, port: int, path: str, headers: list[str], rate: float, duration_s: float) -> None:
+    def __init__(self, host: str, port: int, path: str, headers: list[str], rate: float, duration_s: float,
+                 rotate: list[str] | None = None) -> None:
         self.host, self.port = host, port
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *headers, "", ""]
-        self.request = "\r\n".join(lines).encode("latin-1")
+        self.requests = ["\r\n".join([f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *headers, *extra, "", ""])
+                         .encode("latin-1") for extra in ([[line] for line in rotate] if rotate else [[]])]
+        self.sent = 0
         self.rate = rate
         self.total = max(1, round(rate * duration_s))
         self.idle: list[_Connection] = []
@@ -151,6 +156,10 @@ class _Load:
             p99_ms=percentile(latencies, 99) * 1000, max_ms=(latencies[-1] if latencies else 0.0) * 1000,
             lag_p50_ms=percentile(lags, 50) * 1000, lag_p99_ms=percentile(lags, 99) * 1000,
         )
+
+    def next_request(self) -> bytes:
+        self.sent += 1
+        return self.requests[self.sent % len(self.requests)]
 
     def _pace(self, loop: asyncio.AbstractEventLoop, start: float) -> None:
         for i in range(self.total):
@@ -211,22 +220,27 @@ class _Load:
             self.finished.set()
 
 
-def generate(url: str, rate: float, duration_s: float, headers: list[str]) -> OpenLoopResult:
+def generate(url: str, rate: float, duration_s: float, headers: list[str],
+             rotate: list[str] | None = None) -> OpenLoopResult:
     """Run the schedule in this process (the CLI); the bench runs it as a child, see `run_openloop`."""
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None or parts.port is None:
         raise OpenLoopError(f"need http://host:port/path, not {url!r}")
     path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
     sys.setswitchinterval(0.0005)  # the pacer thread gets the GIL back soon after its sleep
-    load = _Load(parts.hostname, parts.port, path, headers, rate, duration_s)
+    load = _Load(parts.hostname, parts.port, path, headers, rate, duration_s, rotate)
     return asyncio.run(load.run())
 
 
-def run_openloop(url: str, rate: float, duration_s: float, headers: tuple[str, ...] = ()) -> OpenLoopResult:
-    """One measurement in a child process (its CPU is then accounted like wrk's); raises on any error answer."""
+def run_openloop(url: str, rate: float, duration_s: float, headers: tuple[str, ...] = (),
+                 rotate: Path | None = None) -> OpenLoopResult:
+    """One measurement in a child process (its CPU is then accounted like wrk's); raises on any error answer.
+    `rotate`: a file of header lines, one per request in turn (see the module's doc)."""
     args = [sys.executable, "-m", "bench.openloop", url, "--rate", str(rate), "--duration", str(duration_s)]
     for header in headers:
         args += ["-H", header]
+    if rotate is not None:
+        args += ["--rotate", str(rotate)]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise OpenLoopError(f"open-loop load on {url} failed: {done.stderr or done.stdout}")
@@ -243,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, required=True, help="seconds")
     parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value', repeatable")
+    parser.add_argument("--rotate", type=Path, help="a file of 'Name: value' lines: each request carries the next")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0:
         parser.error("--rate and --duration must be positive")
-    print(json.dumps(asdict(generate(args.url, args.rate, args.duration, args.header))))
+    rotate = args.rotate.read_text().splitlines() if args.rotate else None
+    print(json.dumps(asdict(generate(args.url, args.rate, args.duration, args.header, rotate))))
     return 0
 
 

@@ -1,9 +1,11 @@
 """Run wrk, the load generator, and read its report."""
 
+import json
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m)")
@@ -70,11 +72,14 @@ def wrk_binary() -> str:
 
 
 def run_wrk(url: str, duration: str, connections: int, threads: int = 1,
-            headers: tuple[str, ...] = ()) -> WrkResult:
-    """One measurement; an answer other than 2xx/3xx makes the whole measurement worthless, so it raises."""
+            headers: tuple[str, ...] = (), script: Path | None = None) -> WrkResult:
+    """One measurement; an answer other than 2xx/3xx makes the whole measurement worthless, so it raises.
+    `script`: a wrk Lua script (`rotating_script` makes one)."""
     args = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration}", "--latency", "--timeout", "5s"]
     for header in headers:
         args += ["-H", header]
+    if script is not None:
+        args += ["-s", str(script)]
     done = subprocess.run([*args, url], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise WrkError(f"wrk failed on {url}: {done.stderr or done.stdout}")
@@ -82,3 +87,28 @@ def run_wrk(url: str, duration: str, connections: int, threads: int = 1,
     if result.non_2xx or result.requests == 0:
         raise WrkError(f"{url}: {result.non_2xx} of {result.requests} answers were not 2xx/3xx:\n{done.stdout}")
     return result
+
+
+def rotating_script(path: Path, name: str, values: list[str]) -> Path:
+    """Write a wrk script whose requests carry header `name` with each of `values` in turn (many
+    users' cookies, say), besides wrk's own headers; the requests are formatted once, in each
+    thread's init."""
+    quoted = ",\n".join(json.dumps(value) for value in values)  # a JSON string of ASCII is a Lua string
+    path.write_text(f"""local values = {{
+{quoted}
+}}
+local requests, n = {{}}, 0
+function init(args)
+    for i, value in ipairs(values) do
+        local headers = {{}}
+        for k, v in pairs(wrk.headers) do headers[k] = v end
+        headers[{json.dumps(name)}] = value
+        requests[i] = wrk.format(nil, nil, headers)
+    end
+end
+function request()
+    n = n % #requests + 1
+    return requests[n]
+end
+""")
+    return path

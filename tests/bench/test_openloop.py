@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,12 +22,14 @@ class StallingServer:
 
     port: int = 0
     arrivals: list[float] = field(default_factory=list)
+    heads: list[bytes] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:  # IncompleteReadError when the client closes ends it
             head = await reader.readuntil(b"\r\n\r\n")
             now = time.monotonic()
             self.arrivals.append(now)
+            self.heads.append(head)
             since = now - self.arrivals[0]
             if STALL_FROM_S <= since < STALL_UNTIL_S:
                 await asyncio.sleep(STALL_UNTIL_S - since)
@@ -92,3 +95,15 @@ def test_openloop_keeps_sending_through_a_stall_and_counts_it_for_every_request(
 def test_run_openloop_refuses_a_measurement_with_error_answers(server: StallingServer) -> None:
     with pytest.raises(OpenLoopError, match="50 of 50 requests"):
         run_openloop(f"http://127.0.0.1:{server.port}/missing", 100.0, 0.5)
+
+
+def test_run_openloop_rotates_the_header_lines_of_a_file(server: StallingServer, tmp_path: Path) -> None:
+    lines = tmp_path / "cookies.txt"
+    lines.write_text("Cookie: s=a\nCookie: s=b\nCookie: s=c\n")
+    result = run_openloop(f"http://127.0.0.1:{server.port}/ok", 300.0, 0.3, ("X-Fixed: 1",), rotate=lines)
+
+    assert result.answered == 90
+    cookies = [line for head in server.heads for line in head.split(b"\r\n") if line.startswith(b"Cookie:")]
+    assert sorted(set(cookies)) == [b"Cookie: s=a", b"Cookie: s=b", b"Cookie: s=c"]
+    assert all(cookies.count(c) == 30 for c in set(cookies))
+    assert all(b"\r\nX-Fixed: 1\r\n" in head for head in server.heads)

@@ -35,7 +35,7 @@ def test_committed_comparison_reads_through_the_model() -> None:
 def test_summaries_in_docs_are_all_read_by_some_test() -> None:
     assert {p.name for p in DOCS.glob("*summary*.json")} == {
         "loadtest-summary.json", "loadtest-hang-summary.json", "loadtest-mixed-summary.json",
-        "compare-summary.json", "bench-summary.json"}
+        "compare-summary.json", "bench-summary.json", "bench-growth-summary.json"}
 
 
 def test_the_table_docs_quote_is_what_the_report_prints_from_the_committed_summary() -> None:
