@@ -57,6 +57,7 @@ class HotPath:
         self.counted = settings.metrics
         self.stamp = served_by(settings.instance_name)
         self.healthz = self.json(200, Health(status="ok", instance=settings.instance_name).model_dump())
+        self.not_signed_in = self.json(401, NOT_SIGNED_IN)
         self.cookie, self.secure_cookie = settings.session_cookie, f"__Host-{settings.session_cookie}"
         self.exact = not settings.session_near_cache_s
         self.memo_key = lru_cache(maxsize=MEMO)(self.session_key)
@@ -91,7 +92,12 @@ class HotPath:
             else:
                 key = (self.memo_key if len(cookie) <= MEMO_COOKIE else self.session_key)(
                     cookie, proxy, proto, scope["scheme"])
-                start, body = await self.me(key)
+                if key is None:
+                    start, body = self.not_signed_in
+                elif (session := self.services.sessions.cached(key)) is not None:
+                    start, body = self.answer(session)  # from memory: no coroutine, no deadline
+                else:
+                    start, body = await self.me(key)
             await send(start)
             await send(body)
         except Exception:
@@ -103,32 +109,29 @@ class HotPath:
             if self.counted:
                 HTTP.count(path, "GET", start["status"], time.perf_counter() - started)
 
-    async def me(self, key: SessionKey | None) -> Answer:
-        """GET /api/me's answer, as app.api's `me` gives it behind the middleware chain."""
-        if key is None:
-            return self.json(401, NOT_SIGNED_IN)
+    async def me(self, key: SessionKey) -> Answer:
+        """GET /api/me's answer from the store, as app.api's `me` gives it behind the middleware chain."""
         services = self.services
-        session: Session | None = services.sessions.cached(key)
-        if session is None:
-            deadline = asyncio.timeout(self.deadline_s)
-            try:
-                async with deadline:
-                    session = await services.sessions.identify(key)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                log.warning("GET %s: no answer within %.1f s, 503", ME, self.deadline_s)
-                STORE_ERRORS.labels("deadline").inc()
-                return self.json(503, STORE_UNAVAILABLE, _RETRY_1)
-            except RedisError as exc:
-                if state := refusal(exc):
-                    STORE_ERRORS.labels("refused").inc()
-                    return self.json(503, state.refusal, _RETRY_REFUSED)
-                STORE_ERRORS.labels("unavailable").inc()
-                await store_failed(services.redis, exc)
-                return self.json(503, STORE_UNAVAILABLE, _RETRY_1)
-            if session is None:
-                return self.json(401, NOT_SIGNED_IN)
+        deadline = asyncio.timeout(self.deadline_s)
+        try:
+            async with deadline:
+                session = await services.sessions.identify(key)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            log.warning("GET %s: no answer within %.1f s, 503", ME, self.deadline_s)
+            STORE_ERRORS.labels("deadline").inc()
+            return self.json(503, STORE_UNAVAILABLE, _RETRY_1)
+        except RedisError as exc:
+            if state := refusal(exc):
+                STORE_ERRORS.labels("refused").inc()
+                return self.json(503, state.refusal, _RETRY_REFUSED)
+            STORE_ERRORS.labels("unavailable").inc()
+            await store_failed(services.redis, exc)
+            return self.json(503, STORE_UNAVAILABLE, _RETRY_1)
+        return self.not_signed_in if session is None else self.answer(session)
+
+    def answer(self, session: Session) -> Answer:
         answer = self.template(session.username, session.created_on, session.created_at)
         if not self.exact:  # under the near cache `whoami` shows no count: one answer for every request
             return answer

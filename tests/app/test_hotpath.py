@@ -50,10 +50,10 @@ async def pair(settings: Settings) -> AsyncIterator[Pair]:
     app = create_app(settings)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))
-        clients = [await stack.enter_async_context(httpx.AsyncClient(
+        hot, plain = [await stack.enter_async_context(httpx.AsyncClient(
             transport=httpx.ASGITransport(app=asgi), base_url="http://test"))
             for asgi in (HotPath(app, Services.of(app)), app)]
-        yield Pair(*clients, app=app)
+        yield Pair(hot, plain, app)
 
 
 def settings_for(redis_url: str, near_cache_s: float = 0) -> Settings:
