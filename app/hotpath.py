@@ -47,6 +47,8 @@ Answer = tuple[Message, Message]
 
 
 class HotPath:
+    """The ASGI app an instance serves: `app` (the FastAPI app) behind the two hot requests."""
+
     def __init__(self, app: ASGIApp, services: Services) -> None:
         settings = services.settings
         self.app = app

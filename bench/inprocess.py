@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 import uvloop
+from redis import Redis as SyncRedis
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Scope
 
 from app.config import SESSION_COOKIE, Settings
@@ -40,9 +42,7 @@ def throwaway_redis() -> Iterator[str]:
                                  "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
                                 stdout=subprocess.DEVNULL)
         try:
-            import redis  # the sync client, only to wait for it
-
-            with redis.Redis(port=port) as client:
+            with SyncRedis(port=port) as client:
                 wait_until(lambda: _pings(client), 10, interval_s=0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
@@ -50,10 +50,10 @@ def throwaway_redis() -> Iterator[str]:
             proc.wait(10)
 
 
-def _pings(client: object) -> bool:
+def _pings(client: SyncRedis) -> bool:
     try:
-        return bool(client.ping())  # type: ignore[attr-defined]
-    except Exception:
+        return bool(client.ping())
+    except RedisError:
         return False
 
 
