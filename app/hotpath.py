@@ -26,7 +26,7 @@ from app.api import REFUSED_RETRY_AFTER_S, whoami
 from app.config import PROXY_HEADER
 from app.deps import NOT_SIGNED_IN
 from app.metrics import HTTP, STORE_ERRORS
-from app.middleware import STORE_UNAVAILABLE, forwarded, headers_too_large, json_body, send_json, served_by
+from app.middleware import STORE_UNAVAILABLE, forwarded, headers_too_large, json_messages, send_json, served_by
 from app.redis_client import store_failed
 from app.schemas import Health
 from app.services import Services
@@ -138,11 +138,7 @@ class HotPath:
         if not self.exact:  # under the near cache `whoami` shows no count: one answer for every request
             return answer
         # In exact mode the count is the answer's last field, and the rest is the same for every request.
-        start, template = answer
-        body = template["body"][:-2] + b"%d}" % session.requests
-        content_type, _, *stamps = start["headers"]
-        return ({**start, "headers": [content_type, (b"content-length", b"%d" % len(body)), *stamps]},
-                {"type": "http.response.body", "body": body})
+        return json_messages(200, answer[1]["body"][:-2] + b"%d}" % session.requests, raw_headers=self.stamp)
 
     def _template(self, username: str, created_on: str, created_at: float) -> Answer:
         """The session's answer with its count (in exact mode) 0, the last field: `...,"requests_in_session":0}`."""
@@ -151,12 +147,8 @@ class HotPath:
         return answer
 
     def json(self, status: int, content: str | dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
-        """An answer's two messages, as app.middleware's `send_json` and ServedByMiddleware make them."""
-        body = json_body(content)
-        return ({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()), *self.stamp]},
-                {"type": "http.response.body", "body": body})
+        """An answer's two messages, stamped as ServedByMiddleware stamps the app's."""
+        return json_messages(status, content, headers, self.stamp)
 
     def session_key(self, cookie: bytes, proxy: bytes, proto: bytes, scheme: str) -> SessionKey | None:
         """The session cookie (its __Host- name when the balancer says the client came over HTTPS), as

@@ -27,13 +27,10 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0)
 #: Where a request no route took is counted (404s, and what the limits refused before routing).
 UNROUTED = "(unrouted)"
-#: Where a handler that answers before the router (app.api.WhoAmIMiddleware) puts its route template.
-ROUTE_KEY = "webfarm.route"
 METRICS_PATH = "/metrics"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The text format Prometheus 2.x reads (the client's default, 1.0.0, is for UTF-8 names we do not use).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-
 
 
 class HttpCounts(Collector):
@@ -109,7 +106,7 @@ LOOP_LAG = Histogram("webfarm_event_loop_lag_seconds", "How late a 0.25 s sleep 
 
 def route_of(scope: Scope) -> str:
     route = scope.get("route")
-    template = getattr(route, "path", None) or scope.get(ROUTE_KEY)
+    template = getattr(route, "path", None)
     return str(template) if template else UNROUTED
 
 

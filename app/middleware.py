@@ -33,14 +33,23 @@ def json_body(content: str | dict[str, Any]) -> bytes:
     return json.dumps({"detail": content} if isinstance(content, str) else content, separators=(",", ":")).encode()
 
 
+def json_messages(status: int, content: str | dict[str, Any] | bytes, headers: dict[str, str] | None = None,
+                  raw_headers: RawHeaders = ()) -> tuple[Message, Message]:
+    """A JSON answer's two ASGI messages, without a Response object (`content` already encoded, or
+    as json_body takes it)."""
+    body = content if isinstance(content, bytes) else json_body(content)
+    return ({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()), *raw_headers]},
+            {"type": "http.response.body", "body": body})
+
+
 async def send_json(send: Send, status: int, content: str | dict[str, Any] | bytes,
                     headers: dict[str, str] | None = None, raw_headers: RawHeaders = ()) -> None:
-    """A JSON answer without a Response object (`content` already encoded, or as json_body takes it)."""
-    body = content if isinstance(content, bytes) else json_body(content)
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()), *raw_headers]})
-    await send({"type": "http.response.body", "body": body})
+    """Send a JSON answer (json_messages)."""
+    start, body = json_messages(status, content, headers, raw_headers)
+    await send(start)
+    await send(body)
 
 
 def headers_too_large(headers: RawHeaders, max_headers: int, max_header_bytes: int) -> bool:

@@ -102,11 +102,16 @@ def _near_cache(settings: Settings) -> bool:
     return settings.session_backend is SessionBackend.REDIS and settings.session_near_cache_s > 0
 
 
+def session_limits(settings: Settings) -> Limits:
+    """The rules an instance's session store applies, as its settings give them."""
+    return Limits(settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
+                  settings.cart_max_items, settings.cart_max_qty,
+                  max_sessions_per_account=settings.session_max_per_account,
+                  applied_window_s=settings.idempotency_window_s)
+
+
 def _session_store(settings: Settings, redis: Redis, subscriber: Redis | None) -> SessionStore:
-    limits = Limits(settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
-                    settings.cart_max_items, settings.cart_max_qty,
-                    max_sessions_per_account=settings.session_max_per_account,
-                    applied_window_s=settings.idempotency_window_s)
+    limits = session_limits(settings)
     if settings.session_backend is SessionBackend.MEMORY:
         log.warning("SESSION_BACKEND=memory: sessions live in this process only (the in-proc anti-pattern)")
         return MemorySessionStore(limits)

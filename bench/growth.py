@@ -30,7 +30,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from app.config import SESSION_MAX_PER_ACCOUNT, Settings
-from app.sessions import Limits, RedisSessionStore, SessionKey
+from app.services import session_limits
+from app.sessions import RedisSessionStore, SessionKey
 from bench.openloop import OpenLoopError, OpenLoopResult, run_openloop
 from bench.report import machine
 from bench.run import MODES, BenchError, bench_farm
@@ -171,10 +172,8 @@ def farm_settings(config: FarmConfig) -> Settings:
 
 
 def store_of(redis: AsyncRedis, settings: Settings) -> RedisSessionStore:
-    """A store like the instances' own: the same prefix, timeouts and cap."""
-    return RedisSessionStore(redis, settings.key_prefix, Limits(
-        settings.session_idle_timeout_s, settings.session_absolute_timeout_s,
-        max_sessions_per_account=settings.session_max_per_account))
+    """A store like the instances' own: the same prefix and rules."""
+    return RedisSessionStore(redis, settings.key_prefix, session_limits(settings))
 
 
 @dataclass
@@ -317,10 +316,6 @@ def ask_panel(loaded: Loaded, calls: int) -> Panel:
                  {command: round(us_per_call(before, after, command), 2) for command in PANEL_COMMANDS})
 
 
-def latency(result: OpenLoopResult) -> Latency:
-    return Latency(p50_ms=result.p50_ms, p90_ms=result.p90_ms, p99_ms=result.p99_ms, max_ms=result.max_ms)
-
-
 @dataclass
 class Measured:
     rounds: list[Round]
@@ -411,7 +406,8 @@ def sign_out_round(loaded: Loaded, spec: GrowthSpec) -> SignOutRound:
         endpoint_ms=round(endpoint_ms, 2), slowest_command_ms=int(slowest["duration"]) / 1000 if slowest else 0.0,
         slowest_command=_command_name(slowest["command"]) if slowest else "", slow_commands=len(entries),
         commands_over_1ms=sum(int(entry["duration"]) > 1000 for entry in entries),
-        others_before=latency(others_before), others_during=latency(others_during))
+        others_before=Latency.model_validate(others_before, from_attributes=True),
+        others_during=Latency.model_validate(others_during, from_attributes=True))
     print(f"  {spec.user_sessions:,} sessions ended in {found.endpoint_ms:.1f} ms, slowest Redis command "
           f"{found.slowest_command_ms:.2f} ms; others' p99 {found.others_before.p99_ms:.2f} ms before, "
           f"{found.others_during.p99_ms:.2f} ms during", flush=True)

@@ -12,17 +12,13 @@ import cProfile
 import os
 import pstats
 import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import uvloop
-from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Scope
 
 from app.config import SESSION_COOKIE, Settings
@@ -30,31 +26,7 @@ from app.hotpath import HotPath
 from app.main import create_app
 from app.services import Services
 from bench.floors import bare_app, roundtrip_app
-from farmctl.ports import free_port_block
-from farmctl.wait import wait_until
-
-
-@contextmanager
-def throwaway_redis() -> Iterator[str]:
-    port = free_port_block(1)
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1",
-                                 "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
-                                stdout=subprocess.DEVNULL)
-        try:
-            with SyncRedis(port=port) as client:
-                wait_until(lambda: _pings(client), 10, interval_s=0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def _pings(client: SyncRedis) -> bool:
-    try:
-        return bool(client.ping())
-    except RedisError:
-        return False
+from farmctl.native.scratch import scratch_redis
 
 
 def request(path: str, cookie: str) -> Scope:
@@ -92,7 +64,7 @@ async def per_call_us(app: ASGIApp, scope: Scope, calls: int, profile: cProfile.
 
 async def run(calls: int, profile_mode: str | None) -> dict[str, float]:
     out: dict[str, float] = {}
-    with throwaway_redis() as redis_url:
+    with tempfile.TemporaryDirectory() as workdir, scratch_redis(Path(workdir)) as redis_url:
         out["floor: bare app"] = await per_call_us(bare_app(), request("/api/me", ""), calls)
         os.environ["REDIS_URL"] = redis_url
         out["floor: bare app + one EVALSHA"] = await per_call_us(roundtrip_app(), request("/api/me", ""), calls)

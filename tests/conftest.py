@@ -9,14 +9,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import redis
 
 from farmctl.config import MONITORING_PORTS, PROJECT_ROOT, FarmConfig
 from farmctl.docker import engine_available
 from farmctl.lifecycle import running_farm
-from farmctl.ports import free_port_block, on_free_ports
+from farmctl.native.scratch import scratch_redis
+from farmctl.ports import on_free_ports
 from farmctl.runtime import Farm
-from farmctl.wait import wait_until
 
 FarmFactory = Callable[..., Farm]
 
@@ -49,24 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throw-away redis-server of its own, for tests of the session store itself."""
-    port = free_port_block(1)
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
-    with redis.Redis(port=port) as client:
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        if not wait_until(answers, 10, interval_s=0.05):
-            proc.kill()
-            raise RuntimeError(f"redis-server on port {port} did not answer within 10 s")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    with scratch_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory, runtime: str = "native") -> FarmFactory:
