@@ -81,6 +81,12 @@ class Settings(BaseSettings):
                     "REDIS_URL is not used. Empty: a single Redis at REDIS_URL.",
     )
     redis_sentinel_master: str = Field("webfarm", description="The name the Sentinels monitor the primary under.")
+    redis_cluster_nodes: str = Field(
+        "",
+        description="host:port,... of Redis Cluster nodes (any of them: the client discovers the rest and "
+                    "follows failovers and resharding); when set, REDIS_URL gives only the password and "
+                    "REDIS_SENTINELS must be empty.",
+    )
     redis_wait_timeout_ms: int = Field(
         200, ge=1, description="With Sentinels: how long a login waits for the replica to acknowledge the session."
     )
@@ -178,6 +184,12 @@ class Settings(BaseSettings):
         return parsed
 
     @model_validator(mode="after")
+    def _one_topology(self) -> Self:
+        if self.redis_sentinels and self.redis_cluster_nodes:
+            raise ValueError("REDIS_SENTINELS and REDIS_CLUSTER_NODES are two topologies: set one")
+        return self
+
+    @model_validator(mode="after")
     def _no_demo_secrets_in_production(self) -> Self:
         """As the full-stack FastAPI template does: a public default is fine for a demo, fatal elsewhere."""
         if self.environment is Environment.PRODUCTION:
@@ -190,8 +202,17 @@ class Settings(BaseSettings):
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
-        return [(host, int(port)) for host, port in
-                (address.strip().rsplit(":", 1) for address in self.redis_sentinels.split(",") if address.strip())]
+        return _addresses(self.redis_sentinels)
+
+    @property
+    def cluster_addresses(self) -> list[tuple[str, int]]:
+        return _addresses(self.redis_cluster_nodes)
+
+
+def _addresses(text: str) -> list[tuple[str, int]]:
+    """host:port,host:port,... as (host, port) pairs."""
+    return [(host, int(port)) for host, port in
+            (address.strip().rsplit(":", 1) for address in text.split(",") if address.strip())]
 
 
 @lru_cache

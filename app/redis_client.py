@@ -22,24 +22,42 @@ three of its habits would keep an instance talking to the old primary:
   on every connection error, timeout or READONLY, closes the idle rest and makes the next
   connection ask the Sentinels again.
 
+On Redis Cluster (REDIS_CLUSTER_NODES) the client is redis-py's RedisCluster: it knows which primary
+holds each slot, follows MOVED and ASK (resharding), and after a connection error asks the cluster
+again for its slots. It does not retry either: a command to a primary that just died fails at once
+(503 with Retry-After) until its replica is promoted. A login's WAIT must be sent on the connection
+that wrote the session, which RedisCluster's WAIT (sent to every primary) is not: `acknowledged` sends
+both on one connection to the slot's primary.
+
 The near cache's subscription must be on the node the data goes to (app.sessions.nearcache):
-`primary_in_use`, `primary_named` and `address_of` tell it where each one is.
+`publishes_to`, `primary_named` and `address_of` tell it where each one is. On a cluster that is
+the primary of the invalidation channel's slot (sharded pub/sub: SPUBLISH goes to that node).
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import Settings
@@ -83,6 +101,38 @@ class FailoverPool(SentinelConnectionPool, TimedPool):
         await self.disconnect(inuse_connections=False)
 
 
+class ShardPool(TimedPool):
+    """The near cache's subscriber on a cluster: a plain connection to the primary that holds `key`'s
+    slot, as the cluster client's slot map names it when the connection is made."""
+
+    def __init__(self, cluster: RedisCluster, key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.key = key
+
+    @property
+    def master_address(self) -> Address:
+        return address_in(self.cluster, self.key)
+
+    def make_connection(self) -> AbstractConnection:
+        self.connection_kwargs["host"], self.connection_kwargs["port"] = self.master_address
+        connection: AbstractConnection = super().make_connection()  # type: ignore[no-untyped-call]
+        return connection
+
+    async def forget_primary(self) -> None:
+        """Ask the cluster for its slots again; close every idle connection meanwhile."""
+        await self.disconnect(inuse_connections=False)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """The cluster client's slot map, asked of the cluster now (which its commands then use too)."""
+        await self.cluster.initialize()  # the first time: its nodes, slots and command parser; then nothing
+        try:
+            await self.cluster.nodes_manager.initialize()
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"no answer from the cluster: {exc}") from exc
+
+
 def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
     """A client that fails fast and bounded: a few quick retries on a dropped connection, then
     the error surfaces as 503. The pool blocks (briefly) when every connection is busy instead of
@@ -91,6 +141,8 @@ def connect_redis(settings: Settings, retries: int | None = None) -> Redis:
     a request's deadline (app.middleware) bounds the sum, whatever the request's number of calls."""
     if settings.redis_sentinels:
         return _connect_sentinel(settings)
+    if settings.redis_cluster_nodes:
+        return _connect_cluster(settings)
     pool = TimedPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -128,6 +180,118 @@ def _connect_sentinel(settings: Settings) -> Redis:
     return client
 
 
+class BoundedCluster(RedisCluster):
+    """redis-py's cluster client, with at most `turns` commands at once: its pools fail a command at
+    once past their size (MaxConnectionsError), where the single-Redis pool waits a while; here the
+    rest wait their turn (a request's deadline bounds the wait, as it bounds the pool's)."""
+
+    def __init__(self, turns: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.turns = asyncio.Semaphore(turns)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        """As redis-py's, but a cluster that cannot be reached (no node answers, the slots not all
+        served yet) is a connection error, as a single Redis that cannot be reached is: redis-py
+        raises an exception that is no RedisError there, which the app would answer 500."""
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"no answer from the cluster: {exc}") from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        async with self.turns:
+            REDIS_POOL_WAIT.observe(time.perf_counter() - started)
+            return await super().execute_command(*args, **kwargs)
+
+
+def _connect_cluster(settings: Settings) -> Redis:
+    """A RedisCluster client, failing fast like the others. It answers the commands the app sends
+    (keyed commands, scripts, non-transactional pipelines) as a Redis client does, so it is typed as
+    one; `is_cluster` tells the places that must differ (the lane, WAIT, the near cache's subscriber)."""
+    client = BoundedCluster(
+        settings.redis_max_connections,
+        startup_nodes=[ClusterNode(host, port) for host, port in settings.cluster_addresses],
+        password=urlsplit(settings.redis_url).password,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        # A MOVED patches the client's slot map, and that is all: every few MOVED, redis-py would
+        # instead close every connection of the client, those of commands in flight too, which then
+        # fail - a reshard under load would fail requests. (A node that is gone is a connection
+        # error, after which the client asks the cluster for its slots anyway.)
+        reinitialize_steps=0,
+        # Each node's pool: room for every turn, and for the pipelines (the farm panel's), which take none.
+        max_connections=2 * settings.redis_max_connections,
+    )
+    return cast(Redis, client)
+
+
+def primary_of(cluster: RedisCluster, key: str) -> ClusterNode:
+    """The primary that holds `key`'s slot, as the client's slot map has it."""
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise RedisConnectionError(f"no node holds the slot of {key}")
+    return node
+
+
+def address_in(cluster: RedisCluster, key: str) -> Address:
+    node = primary_of(cluster, key)
+    return node.host, int(node.port)
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def subscriber_of(settings: Settings, data: Redis, channel: str) -> Redis:
+    """The near cache's subscription client: it never retries (see NearCache). On a cluster, a plain
+    client of the primary that holds `channel`'s slot, which it looks up again on every reconnect."""
+    if not is_cluster(data):
+        return connect_redis(settings, retries=0)
+    pool = ShardPool(cast(RedisCluster, data), channel, password=urlsplit(settings.redis_url).password,
+                     max_connections=4, timeout=settings.redis_pool_timeout_s, decode_responses=True,
+                     socket_timeout=settings.redis_socket_timeout_s,
+                     socket_connect_timeout=settings.redis_connect_timeout_s, retry=Retry(NoBackoff(), 0))
+    return Redis.from_pool(pool)
+
+
+async def acknowledged(redis: Redis, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int],
+                       replicas: int, timeout_ms: int) -> tuple[Any, int]:
+    """Run `script`, then WAIT for `replicas` replicas on the same connection (WAIT covers that
+    connection's writes): the script's reply and how many replicas acknowledged. On a cluster the
+    two go to the primary of the keys' slot; a slot that moved meanwhile (MOVED, ASK, TRYAGAIN) runs
+    the script through the client, which follows it, and counts as acknowledged by none."""
+    if not is_cluster(redis):
+        async with redis.pipeline(transaction=False) as pipe:
+            await script(keys, args, client=pipe)
+            pipe.wait(replicas, timeout_ms)
+            reply, count = await pipe.execute()
+        return reply, int(count)
+    node = primary_of(cast(RedisCluster, redis), keys[0])
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands(
+            [("EVAL", script.script, len(keys), *keys, *args), ("WAIT", replicas, timeout_ms)]))
+        replies: list[Any] = []
+        for _ in range(2):  # both replies are read, whatever the first says
+            try:
+                replies.append(await connection.read_response())
+            except (MovedError, AskError, TryAgainError) as moved:
+                replies.append(moved)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        node.release(connection)
+    if isinstance(replies[0], RedisError):
+        log.info("slot of %s moved under a login (%s): written through the cluster client, not awaited",
+                 keys[0], replies[0])
+        return await script(keys, args), 0
+    return replies[0], int(replies[1])
+
+
 async def store_failed(redis: Redis, exc: RedisError) -> None:
     """Every request that Redis failed: logged, and after a connection error, timeout or READONLY
     the primary is looked up again (the caller answers 503 with Retry-After)."""
@@ -137,26 +301,35 @@ async def store_failed(redis: Redis, exc: RedisError) -> None:
 
 
 async def forget_primary(redis: Redis) -> None:
-    """After a connection error, timeout or READONLY: re-discover the primary (no-op without Sentinel)."""
-    if isinstance(redis.connection_pool, FailoverPool):
+    """After a connection error, timeout or READONLY: re-discover the primary (no-op on a single
+    Redis; the cluster client does it on its own)."""
+    if not is_cluster(redis) and isinstance(redis.connection_pool, FailoverPool | ShardPool):
         await redis.connection_pool.forget_primary()
 
 
-def follows_sentinels(redis: Redis) -> bool:
-    return isinstance(redis.connection_pool, FailoverPool)
+def follows_primary(redis: Redis) -> bool:
+    """Whether the client's node can change: behind Sentinel, or a cluster's shard subscriber."""
+    return not is_cluster(redis) and isinstance(redis.connection_pool, FailoverPool | ShardPool)
 
 
-def primary_in_use(redis: Redis) -> Address | None:
-    """The primary a Sentinel client's new connections go to; None while it must ask again (or
-    without Sentinel)."""
+def publishes_to(redis: Redis, channel: str) -> Address | None:
+    """The node a data client sends `channel`'s publications to: behind Sentinel the primary its new
+    connections go to (None while it must ask again), on a cluster the primary of the channel's slot
+    as its slot map has it; None on a single Redis."""
+    if is_cluster(redis):
+        return address_in(cast(RedisCluster, redis), channel)
     pool = redis.connection_pool
     return pool.master_address if isinstance(pool, FailoverPool) else None
 
 
 async def primary_named(redis: Redis) -> Address:
-    """The primary as the first Sentinel that answers names it now (MasterNotFoundError if none does)."""
+    """The primary as it is named now: by the first Sentinel that answers (MasterNotFoundError if
+    none does), or by the cluster, asked again for its slots (which the data client then uses too)."""
     pool = redis.connection_pool
-    assert isinstance(pool, FailoverPool), "only a Sentinel client has Sentinels to ask"
+    if isinstance(pool, ShardPool):
+        await pool.refresh()
+        return pool.master_address
+    assert isinstance(pool, FailoverPool), "only a Sentinel or shard client has a primary to ask for"
     host, port = await pool.sentinel_manager.discover_master(pool.service_name)
     return str(host), int(port)
 
@@ -168,7 +341,7 @@ def address_of(connection: AbstractConnection) -> Address:
 
 async def close(redis: Redis) -> None:
     await redis.aclose()
-    if isinstance(redis.connection_pool, FailoverPool):
+    if not is_cluster(redis) and isinstance(redis.connection_pool, FailoverPool):
         await redis.connection_pool.sentinel_manager.aclose()
 
 
@@ -194,8 +367,11 @@ class Lane:
         self.size = size
         self.idle: list[AbstractConnection] = []
         self.open = 0
+        self.cluster = is_cluster(redis)
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        if self.cluster:  # its client picks the node and follows MOVED and ASK
+            return await script(keys, args)
         for _ in range(3):  # a stale idle connection, then NOSCRIPT, then the answer
             while self.idle and self._elsewhere(self.idle[-1]):
                 await self._discard(self.idle.pop())

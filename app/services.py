@@ -43,7 +43,8 @@ class Services:
     def build(cls, settings: Settings) -> "Services":
         """Connect nothing yet: the clients connect on first use, the jobs start in `running`."""
         redis = redis_client.connect_redis(settings)
-        subscriber = redis_client.connect_redis(settings, retries=0) if _near_cache(settings) else None
+        subscriber = redis_client.subscriber_of(settings, redis, NearCache.channel_of(settings.key_prefix)) \
+            if _near_cache(settings) else None
         sessions = _session_store(settings, redis, subscriber)
         admission = Admission(settings.argon2_concurrency, settings.argon2_queue, settings.argon2_queue_wait_s)
         metrics.watch_admission(admission.limiter)
@@ -117,8 +118,9 @@ def _session_store(settings: Settings, redis: Redis, subscriber: Redis | None) -
         return MemorySessionStore(limits)
     store = RedisSessionStore(
         redis, settings.key_prefix, limits,
-        # Behind Sentinel a login waits until the replica has the session too (see RedisSessionStore).
-        replicas_to_wait=1 if settings.redis_sentinels else 0, wait_timeout_ms=settings.redis_wait_timeout_ms,
+        # Behind Sentinel and on a cluster a login waits until a replica has the session too (RedisSessionStore).
+        replicas_to_wait=1 if settings.redis_sentinels or settings.redis_cluster_nodes else 0,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
         lane_size=settings.redis_max_connections,
     )
     if subscriber is not None:

@@ -9,31 +9,39 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
+from app import keys
 from app.config import CART_MAX_ITEMS, CART_MAX_QTY, IDEMPOTENCY_WINDOW_S, SESSION_MAX_PER_ACCOUNT
 
 TOKEN_BYTES = 32
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+_TOKEN_RE = re.compile(rf"([0-9a-f]{{{keys.UID_HEX}}})\.[A-Za-z0-9_-]{{43}}")
 
 
 @dataclass(frozen=True)
 class SessionKey:
     """A session token as the browser holds it, and the id the store keys it by: its SHA-256,
-    so that whoever reads a Redis dump or MONITOR cannot replay a session."""
+    so that whoever reads a Redis dump or MONITOR cannot replay a session. The token starts with
+    its user's id (app.keys), which tells the store where the user's keys are; it is part of what
+    is hashed, so a token with another user's id is no session at all."""
 
     token: str
     id: str
+    uid: str
+
+    @property
+    def tag(self) -> str:
+        return keys.tag_of(self.uid)
 
     @classmethod
     def parse(cls, token: str) -> "SessionKey | None":
         """None if the token cannot be one of ours (so a malformed cookie never reaches the store)."""
-        if not _TOKEN_RE.fullmatch(token):
+        if not (match := _TOKEN_RE.fullmatch(token)):
             return None
-        return cls(token, hashlib.sha256(token.encode()).hexdigest())
+        return cls(token, hashlib.sha256(token.encode()).hexdigest(), match[1])
 
     @classmethod
-    def new(cls) -> "SessionKey":
-        """256 random bits from the CSPRNG, URL-safe (43 characters)."""
-        key = cls.parse(secrets.token_urlsafe(TOKEN_BYTES))
+    def new(cls, username: str) -> "SessionKey":
+        """The user's id, then 256 random bits from the CSPRNG, URL-safe (43 characters)."""
+        key = cls.parse(f"{keys.uid(username)}.{secrets.token_urlsafe(TOKEN_BYTES)}")
         assert key is not None
         return key
 

@@ -30,7 +30,7 @@ class MemorySessionStore(SessionStore):
     async def create(self, username: str, created_on: str, epoch: int) -> tuple[SessionKey, Session] | None:
         if epoch != self._epochs[username]:
             return None
-        key, now = SessionKey.new(), time.time()
+        key, now = SessionKey.new(username), time.time()
         session = Session(username, created_on, round(now, 3), 0)
         self._sessions[key.id] = _Record(session, epoch, now + self.limits.idle_timeout_s)
         mine = [sid for sid, r in self._sessions.items() if r.session.username == username]  # oldest first

@@ -16,7 +16,10 @@ Correctness comes from Redis, and from a lease where Redis cannot say:
 - behind Sentinel, the cache is also trusted only while the subscription is on the node the
   data client uses and the Sentinels name primary (asked every PRIMARY_CHECK_S): after a
   failover, or while a resumed old primary still says master, the subscription moves and the
-  cache is off until it has;
+  cache is off until it has. On a cluster the same holds for the primary of the channel's slot,
+  as the cluster names it (asked every PRIMARY_CHECK_S); the channels are sharded (SPUBLISH,
+  SSUBSCRIBE), so a publication goes to that node and its count is of the subscribers there, and
+  a slot that moves away unsubscribes them (the listener then subscribes again where it went);
 - an entry filled by a read that overlapped an invalidation is not kept (the generation check);
 - entries live at most `max_age_s` anyway, and never past the session's absolute timeout.
 
@@ -91,8 +94,8 @@ class NearCache(SessionStore):
         self.subscriber = subscriber
         self.max_age_s = max_age_s
         self.flush_interval_s = flush_interval_s
-        self.channel = f"{prefix}:session-invalidations"
-        self._acks = f"{prefix}:invalidation-acks:"
+        self.channel = self.channel_of(prefix)
+        self._acks = f"{prefix}:{{invalidations}}:acks:"
         #: This instance's name on the channel: acknowledgements for its endings come to it.
         self.node = secrets.token_hex(8)
         self.entries: dict[str, _Entry] = {}
@@ -108,11 +111,17 @@ class NearCache(SessionStore):
         self._tasks: list[asyncio.Task[None]] = []
         self._acking: set[asyncio.Task[None]] = set()
 
+    @staticmethod
+    def channel_of(prefix: str) -> str:
+        """The invalidation channel. Its hash tag is the acknowledgement channels' too: on a cluster all
+        are in one slot, on one node."""
+        return f"{prefix}:{{invalidations}}:sessions"
+
     async def __aenter__(self) -> Self:
         await self.store.__aenter__()
         self._running = True
         self._tasks = [asyncio.create_task(self.listen()), asyncio.create_task(self._run_flusher())]
-        if redis_client.follows_sentinels(self.subscriber):
+        if redis_client.follows_primary(self.subscriber):
             self._tasks.append(asyncio.create_task(self._watch_primary()))
         return self
 
@@ -180,15 +189,15 @@ class NearCache(SessionStore):
 
     # -- invalidation ----------------------------------------------------------------------
     def trusted(self) -> bool:
-        """Whether the cache may answer: subscribed, under the lease, and (behind Sentinel) on the
-        node the data goes to, which the Sentinels named primary a moment ago."""
+        """Whether the cache may answer: subscribed, under the lease, and (behind Sentinel, on a
+        cluster) on the node the publications go to, which was named primary a moment ago."""
         now = time.monotonic()
         if not self.subscribed or now >= self._leased_until:
             return False
-        if not redis_client.follows_sentinels(self.subscriber):
+        if not redis_client.follows_primary(self.subscriber):
             return True
         return (self._primary is not None and now - self._primary_at < 2 * PRIMARY_CHECK_S
-                and self._on == self._primary == redis_client.primary_in_use(self.redis))
+                and self._on == self._primary == redis_client.publishes_to(self.redis, self.channel))
 
     async def _invalidate(self, sid: str) -> None:
         """Tell every instance, and wait until each one Redis delivered to has dropped its copy, or
@@ -198,7 +207,7 @@ class NearCache(SessionStore):
         nonce = secrets.token_hex(8)
         acks = self._waiting[nonce] = _Acks()
         try:
-            receivers = int(await self.redis.publish(self.channel, f"{self.node} {nonce} {sid}"))
+            receivers = int(await self.redis.spublish(self.channel, f"{self.node} {nonce} {sid}"))
             published = time.monotonic()
             acks.needed = receivers
             acks.add(0)
@@ -222,7 +231,7 @@ class NearCache(SessionStore):
         """Follow the invalidation channel; while it is down, the cache is not used."""
         while self._running:
             try:
-                await redis_client.forget_primary(self.subscriber)  # behind Sentinel: ask them again
+                await redis_client.forget_primary(self.subscriber)  # behind Sentinel, on a cluster: ask again
                 async with self.subscriber.pubsub() as pubsub:
                     await self._subscribe(pubsub)
                     await self._follow(pubsub)
@@ -236,14 +245,14 @@ class NearCache(SessionStore):
 
     async def _subscribe(self, pubsub: PubSub) -> None:
         sent = time.monotonic()
-        await pubsub.subscribe(self.channel, self._acks + self.node)
+        await pubsub.ssubscribe(self.channel, self._acks + self.node)
         confirmed = 0
         while confirmed < 2:  # one confirmation per channel, within a bound
             left = sent + CONFIRM_TIMEOUT_S - time.monotonic()
             if left <= 0:
                 raise _Lost(f"subscription not confirmed within {CONFIRM_TIMEOUT_S} s")
             message = await pubsub.get_message(timeout=left)
-            confirmed += message is not None and message["type"] == "subscribe"
+            confirmed += message is not None and message["type"] == "ssubscribe"
         assert pubsub.connection is not None
         self._on = redis_client.address_of(pubsub.connection)
         self._drop("*")
@@ -260,7 +269,7 @@ class NearCache(SessionStore):
                 await pubsub.ping(_PING)
                 next_ping = now + PING_INTERVAL_S
             if self._primary is not None and self._on != self._primary:
-                raise _Lost(f"the Sentinels name {self._primary} primary, subscribed on {self._on}")
+                raise _Lost(f"{self._primary} is named primary, subscribed on {self._on}")
             # Not get_message: it takes the reply to a PING with a payload (a bare string under RESP3,
             # ["pong", payload] under RESP2) for a message and mangles it.
             response = await pubsub.parse_response(block=False, timeout=max(0.0, next_ping - time.monotonic()))
@@ -273,8 +282,10 @@ class NearCache(SessionStore):
                     self._leased_until = pings.popleft() + LEASE_S
                 continue
             message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
-            if message is not None and message["type"] == "message":
+            if message is not None and message["type"] == "smessage":
                 self._received(str(message["channel"]), str(message["data"]))
+            elif message is not None and message["type"] == "sunsubscribe":  # the slot moved, or the node is a replica
+                raise _Lost(f"unsubscribed from {message['channel']} by {self._on}")
 
     def _received(self, channel: str, data: str) -> None:
         if channel != self.channel:  # an acknowledgement of one of this instance's endings
@@ -289,21 +300,21 @@ class NearCache(SessionStore):
 
     async def _acknowledge(self, origin: str, nonce: str) -> None:
         try:
-            await self.redis.publish(self._acks + origin, nonce)
+            await self.redis.spublish(self._acks + origin, nonce)
         except RedisError as exc:  # the ending waits out the lease instead
             log.warning("could not acknowledge the end of a session: %s", exc)
 
     async def _watch_primary(self) -> None:
-        """Behind Sentinel: which node is primary now, for `trusted` and the listener; a data
-        client still on another node is made to ask again."""
+        """Behind Sentinel, on a cluster: which node is primary now, for `trusted` and the listener; a
+        data client still on another node is made to ask again."""
         while self._running:
             try:
                 primary: redis_client.Address | None = await redis_client.primary_named(self.subscriber)
             except RedisError as exc:
-                log.warning("no Sentinel names a primary; near cache off: %s", exc)
+                log.warning("no primary named; near cache off: %s", exc)
                 primary = None
             self._primary, self._primary_at = primary, time.monotonic()
-            if primary is not None and redis_client.primary_in_use(self.redis) not in (None, primary):
+            if primary is not None and redis_client.publishes_to(self.redis, self.channel) not in (None, primary):
                 await redis_client.forget_primary(self.redis)
             await asyncio.sleep(PRIMARY_CHECK_S)
 

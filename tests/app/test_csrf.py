@@ -52,7 +52,7 @@ def test_allowed_origins_are_refused_unless_they_are_origins() -> None:
 
 
 def test_a_session_token_is_valid_for_its_session_only() -> None:
-    mine, other = SessionKey.new(), SessionKey.new()
+    mine, other = SessionKey.new("alice"), SessionKey.new("alice")
     token, cookie = csrf.issue(request(), SETTINGS, mine)
     assert cookie is None
     assert csrf.is_valid(request(), SETTINGS, mine, token)

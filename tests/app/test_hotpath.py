@@ -141,7 +141,7 @@ async def test_what_the_limits_refuse_is_refused_alike(both: Pair) -> None:
 async def test_a_store_that_does_not_answer_is_a_503_alike(redis_url: str) -> None:
     nobody = f"redis://127.0.0.1:{free_port_block(1)}/0"
     async for made in pair(settings_for(nobody)):
-        token = SessionKey.new().token
+        token = SessionKey.new("alice").token
         hot, plain = await made.both("/api/me", {"cookie": f"{SESSION_COOKIE}={token}"})
         assert hot.status_code == 503
         assert hot.headers["retry-after"] == "1"

@@ -25,6 +25,15 @@ repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop
 
 
 @pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """The single Redis only: the lane keeps connections of its own there (on a cluster it runs its
+    calls through the cluster client, whose faults tests/farm/test_cluster.py makes)."""
+    client = connect_redis(Settings(redis_url=redis_url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[Redis]:
     """The lane's client, as the app makes it; `redis` (tests/app/conftest.py) is the test's own."""
     client = connect_redis(Settings(redis_url=redis_url, redis_socket_timeout_s=REPLY_TIMEOUT_S))

@@ -1,7 +1,10 @@
 """The stores under test, and a user with a session in one: shared by the tests of each store."""
 
+import secrets
+
 from redis.asyncio import Redis
 
+from app import keys
 from app.sessions import Limits, MemorySessionStore, RedisSessionStore, Session, SessionKey, SessionStore
 
 PREFIX = "test"
@@ -17,7 +20,17 @@ def memory_store(**limits: int) -> MemorySessionStore:
 
 def new_username() -> str:
     """One no other test uses: the stores' state outlives a test."""
-    return SessionKey.new().token[:10].lower()
+    return secrets.token_hex(5)
+
+
+def same_tag(n: int) -> list[str]:
+    """`n` new usernames whose keys share one tag (app.keys), so one slot and one live index."""
+    first = new_username()
+    names = [first]
+    while len(names) < n:
+        if keys.tag_of(keys.uid(name := new_username())) == keys.tag_of(keys.uid(first)):
+            names.append(name)
+    return names
 
 
 async def start(store: SessionStore, username: str = "alice") -> tuple[SessionKey, Session]:

@@ -7,17 +7,24 @@ import pytest
 from redis.asyncio import Redis
 
 from app.config import CART_MAX_ITEMS, CART_MAX_QTY
+from app.keys import UID_HEX, uid
 from app.sessions import CartAdd, CartFull, CartRefused, Limits, RedisSessionStore, SessionKey, SessionStore
 from tests.app.sessions.stores import memory_store, new_username, redis_store, start
 
 
-def test_new_key_has_256_random_bits() -> None:
-    keys = {SessionKey.new() for _ in range(1000)}
+def test_new_key_has_256_random_bits_after_its_users_id() -> None:
+    keys = {SessionKey.new("alice") for _ in range(1000)}
     assert len({k.token for k in keys}) == 1000
-    assert all(len(k.token) == 43 and SessionKey.parse(k.token) == k for k in keys)
+    assert all(k.token.startswith(f"{uid('alice')}.") and len(k.token) == UID_HEX + 1 + 43
+               and SessionKey.parse(k.token) == k and k.uid == uid("alice") for k in keys)
 
 
-@pytest.mark.parametrize("token", ["", "short", "A" * 42, "A" * 44, "A" * 42 + "=", "é" * 43, "A" * 42 + "\n"])
+UID = "0" * UID_HEX + "."
+
+
+@pytest.mark.parametrize("token", ["", "short", "A" * 43, UID + "A" * 42, UID + "A" * 44, UID + "A" * 42 + "=",
+                                   UID + "é" * 43, UID + "A" * 42 + "\n", "0" * 19 + "." + "A" * 43,
+                                   "G" * UID_HEX + "." + "A" * 43, UID[:-1] + "-" + "A" * 43])
 def test_parse_rejects_what_cannot_be_a_token(token: str) -> None:
     assert SessionKey.parse(token) is None
 

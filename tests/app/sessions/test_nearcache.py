@@ -8,15 +8,18 @@ import pytest
 from redis.asyncio import Redis
 
 from app.config import Settings
-from app.redis_client import connect_redis
+from app.redis_client import is_cluster, subscriber_of
 from app.sessions import Limits, NearCache, RedisSessionStore, SessionKey
 from app.sessions.nearcache import LEASE_S
 from tests.app.sessions import stores
 
 
 @pytest.fixture
-async def redis_no_retry(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect_redis(Settings(redis_url=redis_url), retries=0)
+async def redis_no_retry(request: pytest.FixtureRequest, redis: Redis, redis_url: str) -> AsyncIterator[Redis]:
+    """The subscriber an instance would have on this Redis (on the cluster: a client of the channel's primary)."""
+    settings = Settings(redis_cluster_nodes=request.getfixturevalue("redis_cluster")) if is_cluster(redis) \
+        else Settings(redis_url=redis_url)
+    client = subscriber_of(settings, redis, NearCache.channel_of("nc"))
     yield client
     await client.aclose()
 
@@ -40,6 +43,10 @@ async def start(store: NearCache) -> SessionKey:
     return key
 
 
+def session_key(key: SessionKey) -> str:
+    return RedisSessionStore.key_in("nc", key)
+
+
 async def wait_for(condition: object, timeout_s: float = 5) -> None:
     assert callable(condition)
     for _ in range(int(timeout_s / 0.01)):
@@ -53,7 +60,7 @@ async def test_identify_is_served_from_the_cache_and_counted_behind(redis: Redis
                                                                    instances: list[NearCache]) -> None:
     web1, _ = instances
     key = await start(web1)
-    redis_key = f"nc:session:{key.id}"
+    redis_key = session_key(key)
     for _ in range(10):
         session = await web1.identify(key)
     assert session is not None
@@ -85,14 +92,15 @@ async def test_sign_out_everywhere_empties_every_cache(instances: list[NearCache
     assert [await web2.identify(k) for k in keys] == [None, None, None]
 
 
-async def test_a_dropped_channel_turns_the_cache_off(redis: Redis, instances: list[NearCache]) -> None:
+async def test_a_dropped_channel_turns_the_cache_off(redis: Redis, redis_no_retry: Redis,
+                                                     instances: list[NearCache]) -> None:
     web1, web2 = instances
     key = await start(web1)
     assert await web2.identify(key) is not None
-    await redis.client_kill_filter(_type="pubsub")
+    await redis_no_retry.client_kill_filter(_type="pubsub")  # on the channel's node
     await wait_for(lambda: not web2.subscribed)
     # Deleted behind the cache's back (no invalidation can reach it now): the cache must not answer.
-    await redis.delete(f"nc:session:{key.id}")
+    await redis.delete(session_key(key))
     assert await web2.identify(key) is None
     await wait_for(lambda: web2.subscribed)  # and it comes back by itself
 
@@ -103,9 +111,9 @@ async def test_write_behind_never_brings_back_a_deleted_session(redis: Redis,
     key = await start(web1)
     for _ in range(3):
         await web1.identify(key)
-    await redis.delete(f"nc:session:{key.id}")
+    await redis.delete(session_key(key))
     await web1.flush()
-    assert not await redis.exists(f"nc:session:{key.id}")
+    assert not await redis.exists(session_key(key))
 
 
 async def test_the_cache_honours_the_absolute_timeout(redis: Redis, redis_no_retry: Redis) -> None:
@@ -126,13 +134,12 @@ async def test_an_idle_subscription_costs_almost_no_cpu(instances: list[NearCach
 
 
 async def test_an_ending_that_nobody_acknowledges_waits_out_the_lease_and_no_longer(
-        redis: Redis, redis_url: str, instances: list[NearCache]) -> None:
-    """A subscriber that takes the invalidation and never acknowledges it (counted by PUBLISH, as a
+        redis_no_retry: Redis, instances: list[NearCache]) -> None:
+    """A subscriber that takes the invalidation and never acknowledges it (counted by SPUBLISH, as a
     frozen instance is): the logout's wait ends at the lease, however redis-py treats timeouts."""
     web1, _ = instances
-    silent = Redis.from_url(redis_url)
-    pubsub = silent.pubsub()
-    await pubsub.subscribe(web1.channel)
+    pubsub = redis_no_retry.pubsub()
+    await pubsub.ssubscribe(web1.channel)
     try:
         key = await start(web1)
         started = time.monotonic()
@@ -143,7 +150,6 @@ async def test_an_ending_that_nobody_acknowledges_waits_out_the_lease_and_no_lon
         assert LEASE_S - 0.05 <= took < LEASE_S + 0.2
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await silent.aclose()
 
 
 async def test_a_subscription_loses_its_lease_without_pong_replies(redis: Redis, instances: list[NearCache]) -> None:
@@ -155,7 +161,7 @@ async def test_a_subscription_loses_its_lease_without_pong_replies(redis: Redis,
     assert web2.trusted()
     stall = asyncio.ensure_future(redis.eval(
         "local t = redis.call('TIME') local stop = t[1] * 1000000 + t[2] + 900000 "
-        "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop", 0))
+        "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop", 1, web1.channel))  # its node
     started = time.monotonic()
     await wait_for(lambda: not web2.trusted(), timeout_s=2)
     assert time.monotonic() - started < LEASE_S + 0.15
