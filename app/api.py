@@ -23,6 +23,7 @@ from app.deps import (
     PresenceDep,
     RedisDep,
     SettingsDep,
+    StartedDep,
     StoreDep,
     UsersDep,
     required,
@@ -89,10 +90,14 @@ async def healthz(settings: SettingsDep) -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses=STORE_DOWN, tags=["ops"])
-async def readyz(redis: RedisDep, settings: SettingsDep) -> Health:
+async def readyz(redis: RedisDep, settings: SettingsDep, started: StartedDep) -> Health:
     """Readiness: the session store answers, within READINESS_TIMEOUT_S - else 503, as fast. A store
     that answers but refuses writes is still 200 ("store full", "store not persisting"): this
-    instance serves what the store allows, as every other does - taking instances out would not help."""
+    instance serves what the store allows, as every other does - taking instances out would not help.
+    Before that, 503 until the instance has started (the demo account made)."""
+    if not started.is_set():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "starting: the demo account is not made yet",
+                            headers={"Retry-After": "1"})
     try:
         async with asyncio.timeout(settings.readiness_timeout_s):
             state = await store_state(redis, settings)

@@ -1,5 +1,6 @@
 """Request dependencies, as Annotated aliases so that route signatures read as declarations."""
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
@@ -37,6 +38,7 @@ UsersDep = Annotated[UserStore, part(lambda s: s.users)]
 PresenceDep = Annotated[Presence, part(lambda s: s.presence)]
 AdmissionDep = Annotated[Admission, part(lambda s: s.admission)]
 AuthDep = Annotated[Auth, part(lambda s: s.auth)]
+StartedDep = Annotated[asyncio.Event, part(lambda s: s.started)]
 
 
 async def session_key(request: Request, auth: AuthDep) -> SessionKey | None:

@@ -5,7 +5,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from argon2 import PasswordHasher
 from redis.asyncio import Redis
@@ -38,6 +38,9 @@ class Services:
     throttle: LoginThrottle
     admission: Admission
     auth: Auth
+    #: Set once the instance may take traffic: the demo account exists (if there is one), so a
+    #: `make up` that returns lets the demo sign in at once, on a store that was still forming.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -87,16 +90,15 @@ class Services:
     async def _ensure_demo_user(self) -> None:
         """Create the demo account once Redis answers (it may start after the instances do)."""
         name = self.settings.demo_user
-        if not name:
-            return
-        while True:
+        while name:
             try:
                 if await self.users.create(name, self.settings.demo_password):
                     log.info("created demo user %r", name)
-                return
+                break
             except RedisError as exc:
                 log.warning("demo user not created yet, retrying: %s", exc)
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.25)
+        self.started.set()
 
 
 def _near_cache(settings: Settings) -> bool:

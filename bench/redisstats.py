@@ -27,10 +27,14 @@ class Calls:
     at: float
 
 
-def calls(client: Redis) -> Calls:
-    stats = client.info("commandstats")
-    return Calls({name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()
-                  if name.removeprefix("cmdstat_") not in OWN}, time.monotonic())
+def calls(*clients: Redis) -> Calls:
+    """Summed over `clients`: a cluster's primaries (their replicas only apply what these ran)."""
+    counts: dict[str, int] = {}
+    for client in clients:
+        for name, stat in client.info("commandstats").items():
+            if (command := name.removeprefix("cmdstat_")) not in OWN:
+                counts[command] = counts.get(command, 0) + int(stat["calls"])
+    return Calls(counts, time.monotonic())
 
 
 def delta(before: Calls, after: Calls) -> tuple[Counts, float]:

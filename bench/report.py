@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from bench.openloop import OpenLoopResult
 from bench.redisstats import Counts, background_rate, per_request
-from bench.run import FLOOR_OF_MODE, MODES, PEERS, BenchSpec, Measurements, Sample, farm_of
+from bench.run import CLUSTER, FLOOR_OF_MODE, MODES, PEERS, BenchSpec, Measurements, Sample, farm_of
 from bench.summary import (
     BenchSummary,
     FixedRate,
@@ -139,6 +139,9 @@ def sections(instances: int) -> list[tuple[str, list[str]]]:
          ["direct-near/me", *peers["near"]]),
         *((f"6{part}. what the metrics cost, {mode}: GET /api/me, one process direct, METRICS=0 vs as shipped",
            [f"direct-{mode}-m0/me", f"direct-{mode}/me"]) for part, mode in zip("ab", MODES, strict=True)),
+        ("7a. exact on a Redis Cluster (3 primaries, 3 replicas) vs one Redis: GET /api/me, one process direct",
+         ["direct-exact/me", f"direct-{CLUSTER}/me"]),
+        (f"7b. ... and through nginx ({n} instance{s})", [f"exact-nginx-{n}/me", f"{CLUSTER}-nginx-{n}/me"]),
     ]
 
 
@@ -222,6 +225,8 @@ def summarize(spec: BenchSpec, found: Measurements, runtime_s: float) -> BenchSu
         redis_vs_memory_ratio={mode: _ratio(results, f"direct-{mode}/me", "direct-memory/me") for mode in MODES},
         metrics_cost={mode: round(1 - _ratio(results, f"direct-{mode}/me", f"direct-{mode}-m0/me"), 3)
                       for mode in MODES},
+        cluster_vs_single={"direct": _ratio(results, f"direct-{CLUSTER}/me", "direct-exact/me"),
+                           "nginx": _ratio(results, f"{CLUSTER}-nginx-{n}/me", f"exact-nginx-{n}/me")},
         background_cpu_share=background_share(results),
         redis_background_per_s={name: {k: round(v, 2) for k, v in sorted(background_rate(w).items())}
                                 for name, w in found.idle.items()},

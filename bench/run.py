@@ -23,6 +23,7 @@ from bench.redisstats import Calls, Counts, calls, delta
 from bench.wrk import WrkResult, duration_seconds, run_wrk
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.lifecycle import open_farm, running_farm
+from farmctl.native import cluster
 from farmctl.ports import free_port_block, on_free_ports
 from farmctl.runtime import Farm, FarmError
 from farmctl.wait import answers, wait_until
@@ -39,6 +40,8 @@ UNMEASURED: dict[str, dict[str, str]] = {f"{mode}-m0": {**env, "METRICS": "0"} f
 #: request (the bare floor), exact mode asks it once (the one-round-trip floor).
 FLOORS: dict[str, str] = {"floor-bare": "bench.floors:bare_app", "floor-1rt": "bench.floors:roundtrip_app"}
 FLOOR_OF_MODE = {"near": "floor-bare", "exact": "floor-1rt"}
+#: Exact mode again, on a Redis Cluster of three primaries and three replicas (REDIS=cluster).
+CLUSTER = "exact-cluster"
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Stage:
 
     farms: dict[str, Farm]  # near, exact, memory
     peers: dict[str, Peer] = field(default_factory=dict)
-    _redis: dict[str, Redis] = field(default_factory=dict)
+    _redis: dict[str, list[Redis]] = field(default_factory=dict)
 
     def cpu_groups(self, system: str) -> dict[str, list[int]]:
         """The processes that serve `system`: its app process(es), its nginx (and workers), its Redis."""
@@ -144,23 +147,28 @@ class Stage:
             app, nginx = [self.peers[system].pid], []
         return {"app": app, "nginx": nginx, "redis": redis}
 
-    def redis(self, system: str) -> Redis:
+    def redis(self, system: str) -> list[Redis]:
+        """The Redis nodes whose commands `system`'s requests are: the one Redis, or a cluster's primaries."""
         name = farm_of(system)
         if name not in self._redis:
-            self._redis[name] = Redis.from_url(self.farms[name].config.redis_url, socket_timeout=5)
+            config = self.farms[name].config
+            ports = cluster.primaries(config.cluster_ports) if config.cluster else [config.redis_port]
+            self._redis[name] = [Redis(port=port, socket_timeout=5) for port in ports]
         return self._redis[name]
 
     def close(self) -> None:
-        for client in self._redis.values():
-            client.close()
+        for clients in self._redis.values():
+            for client in clients:
+                client.close()
 
 
 def bench_farm(name: str, instances: int, session_backend: Literal["redis", "memory"],
-               state_root: Path, env: dict[str, str] | None = None) -> FarmConfig:
+               state_root: Path, env: dict[str, str] | None = None,
+               redis_mode: Literal["single", "cluster"] = "single") -> FarmConfig:
     """The config of a bench farm: no HTTPS, free ports, a fresh state dir (one left behind by an
     interrupted run is stopped and removed first)."""
     config = on_free_ports(FarmConfig(
-        instances=instances, https_port=0, session_backend=session_backend, redis_mode="single",
+        instances=instances, https_port=0, session_backend=session_backend, redis_mode=redis_mode,
         balance="round_robin", demo_controls=False, extra_env=env or {}, state_dir=state_root / f"bench-{name}",
         prometheus_port=0))  # no scraper beside what is measured
     open_farm(config, "native").down()
@@ -262,25 +270,31 @@ def targets(stage: Stage, instances: int) -> list[Target]:
         Target(f"exact-nginx-{n}/me", f"nginx -> {n} instance(s), GET /api/me, exact", "exact",
                f"{exact.balancer_url}/api/me", (cookie["exact"],), active=n, fixed_rate=True),
     ]
+    on_cluster = stage.farms[CLUSTER].config
+    cookie[CLUSTER] = login(on_cluster.balancer_url)
+    direct += [Target(f"direct-{CLUSTER}/me", "web1 direct, GET /api/me, exact, Redis Cluster", CLUSTER,
+                      f"{on_cluster.web[0].url}/api/me", (cookie[CLUSTER],), fixed_rate=True)]
+    balanced += [Target(f"{CLUSTER}-nginx-{n}/me", f"nginx -> {n} instance(s), GET /api/me, exact, Redis Cluster",
+                        CLUSTER, f"{on_cluster.balancer_url}/api/me", (cookie[CLUSTER],), active=n)]
     return direct + balanced
 
 
 def measure(spec: BenchSpec, stage: Stage, target: Target, duration: str) -> Sample:
     groups = stage.cpu_groups(target.system)
     redis = stage.redis(target.system)
-    calls_before, before = calls(redis), snapshot(groups)
+    calls_before, before = calls(*redis), snapshot(groups)
     connections = target.connections or spec.connections
     result = run_wrk(target.url, duration, connections, min(spec.threads, connections), target.headers)
-    after, calls_after = snapshot(groups), calls(redis)
+    after, calls_after = snapshot(groups), calls(*redis)
     counted, seconds = delta(calls_before, calls_after)
     return Sample(result, cpu_use(before, after, result.requests), counted, seconds)
 
 
 def idle_window(stage: Stage, duration: str) -> dict[str, tuple[Counts, float]]:
     """Nothing measured for `duration`: what each farm's Redis does on its own."""
-    before: dict[str, Calls] = {name: calls(stage.redis(name)) for name in stage.farms}
+    before: dict[str, Calls] = {name: calls(*stage.redis(name)) for name in stage.farms}
     time.sleep(duration_seconds(duration))
-    return {name: delta(before[name], calls(stage.redis(name))) for name in stage.farms}
+    return {name: delta(before[name], calls(*stage.redis(name))) for name in stage.farms}
 
 
 def run_rounds(spec: BenchSpec, stage: Stage, todo: list[Target]) -> Measurements:
@@ -340,6 +354,8 @@ def run_bench(spec: BenchSpec) -> Measurements:
             for name, env in UNMEASURED.items():
                 farms[name] = stack.enter_context(
                     running_farm(bench_farm(name, 1, "redis", spec.state_root, env), "native"))
+            farms[CLUSTER] = stack.enter_context(running_farm(
+                bench_farm(CLUSTER, spec.instances, "redis", spec.state_root, MODES["exact"], "cluster"), "native"))
             for name, factory in FLOORS.items():
                 farms[name] = stack.enter_context(running_farm(
                     bench_farm(name, spec.instances, "redis", spec.state_root, {"APP_FACTORY": factory}), "native"))

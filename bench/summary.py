@@ -173,6 +173,9 @@ class BenchSummary(BaseModel):
     #: mode -> the share of GET /api/me's throughput the instance's metrics cost (1 - with/without);
     #: empty in summaries from before they were measured.
     metrics_cost: dict[str, float] = {}
+    #: Exact mode's GET /api/me on a Redis Cluster against one Redis (direct, through nginx); empty in
+    #: summaries from before it was measured.
+    cluster_vs_single: dict[str, float] = {}
     background_cpu_share: float
     redis_background_per_s: dict[str, PerCommand]
     scaling: list[ScalingRow]

@@ -16,6 +16,7 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import keys
 from farmctl.config import Instance
 from farmctl.runtime import Farm, ProcessStatus
 
@@ -141,7 +142,6 @@ class Sampler:
         self.redis = {name: redis.Redis(port=port, password=config.redis_password or None, socket_timeout=0.5,
                                         socket_connect_timeout=0.5, decode_responses=True)
                       for name, port in config.redis_nodes.items()}
-        self.live_key = f"{config.key_prefix}:live-sessions"
         self._statuses: dict[str, ProcessStatus] = {}
         self._status_job: gevent.Greenlet | None = None
         self._status_next = 0.0
@@ -237,8 +237,9 @@ class Sampler:
 
     def _store(self) -> StoreRow:
         config = self.farm.config
-        primary = self.farm.redis_primary() if config.sentinel else next(iter(config.redis_nodes))
+        primary = self.farm.redis_primary() if config.sentinel or config.cluster else next(iter(config.redis_nodes))
         store = StoreRow(config.redis_mode, primary)
+        counted = 0
         for name, client in self.redis.items():
             try:
                 info = client.info()
@@ -247,7 +248,19 @@ class Sampler:
                 continue
             store.nodes.append(NodeRow(name, config.redis_nodes[name], str(info.get("role", "?")),
                                        int(info.get("instantaneous_ops_per_sec", 0)), int(info.get("used_memory", 0))))
-            if name == primary:
+            # The live indexes this node holds: the primary's, or on a cluster each primary's share.
+            if name == primary or (config.cluster and info.get("role") == "master"):
                 with contextlib.suppress(redis.RedisError):  # it answered INFO: a stall just began
-                    store.live_sessions = int(client.zcount(self.live_key, int(time.time() * 1000), "+inf"))
+                    counted += live_sessions(client, config.key_prefix)
+                    store.live_sessions = counted
         return store
+
+
+def live_sessions(client: redis.Redis, prefix: str) -> int:
+    """The live sessions the indexes on this node list (app.keys: one index per tag). On a cluster
+    node, the indexes of other nodes' slots answer MOVED and count nothing here."""
+    now_ms = int(time.time() * 1000)
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys.live_keys(prefix):
+            pipe.zcount(key, now_ms, "+inf")
+        return sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))

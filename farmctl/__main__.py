@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # Imported here: the Docker image renders its configs above, and has no supervisor nor psutil.
     from farmctl.lifecycle import open_farm
+    from farmctl.native.farm import NativeFarm
 
     try:
         farm = open_farm(FarmConfig.from_env(), args.runtime)
         if args.command == "up":
             farm.up()
             https = f" (HTTPS, self-signed: {farm.config.https_url})" if farm.config.https_url else ""
-            redis = ", Redis primary + replica + 3 Sentinels" if farm.config.sentinel else ""
+            redis = ", Redis primary + replica + 3 Sentinels" if farm.config.sentinel else \
+                ", a Redis Cluster of 3 primaries + 3 replicas" if farm.config.cluster else ""
             print(f"webfarm is up ({farm.name} runtime, {farm.config.instances} instances{redis}): "
                   f"{farm.config.balancer_url}{https}")
             if farm.config.prometheus_port:
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'NAME':{width}} {'PORT':>6} {'PID':>8}  STATE")
             for row in rows:
                 print("{:{w}} {:>6} {:>8}  {}".format(*row, w=width))
+            if farm.config.cluster and isinstance(farm, NativeFarm) and farm.is_running():
+                print("\nthe Redis Cluster, as its nodes see it:")
+                for name, node in farm.cluster_nodes().items():
+                    print(f"{name:{width}} {node.port:>6}  {node.describe()}")
             if unsupervised := [s for s in statuses if s.state == UNSUPERVISED]:
                 print(f"farmctl: supervisord is not running, but {len(unsupervised)} of the farm's processes are: "
                       "nothing restarts them if they die. `make down` stops them; `make up` starts the farm "

@@ -64,11 +64,15 @@ class FarmConfig(BaseSettings):
     base_port: int = Field(8001, description="web1's port; webN's is base_port + N - 1")
     redis_port: int = 6380
     redis_password: str = Field("", description="Docker: the farm's own (its Redis shares a network)")
-    redis_mode: Literal["single", "sentinel"] = Field(
+    redis_mode: Literal["single", "sentinel", "cluster"] = Field(
         "single", validation_alias=_env("redis_mode", "REDIS"),
-        description="sentinel: a replica and three Sentinels beside the primary")
+        description="sentinel: a replica and three Sentinels beside the primary; cluster: a Redis Cluster of "
+                    "three primaries and three replicas")
     replica_port: int = 6381
     sentinel_ports: Annotated[tuple[int, int, int], NoDecode] = (26380, 26381, 26382)
+    cluster_ports: Annotated[tuple[int, int, int, int, int, int], NoDecode] = Field(
+        (6391, 6392, 6393, 6394, 6395, 6396),
+        description="REDIS=cluster: the six nodes' ports (each also uses port + 10000, its cluster bus)")
     session_backend: Literal["redis", "memory"] = "redis"
     balance: Literal["round_robin", "sticky"] = "round_robin"
     demo_controls: bool = False
@@ -86,7 +90,7 @@ class FarmConfig(BaseSettings):
     console_port: int = Field(9089, description="the live console (with demo controls, natively), reached through "
                                                 "nginx at /console/; 0: none")
 
-    @field_validator("sentinel_ports", mode="before")
+    @field_validator("sentinel_ports", "cluster_ports", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return tuple(int(p) for p in value.split(",")) if isinstance(value, str) else value
@@ -138,10 +142,21 @@ class FarmConfig(BaseSettings):
         return self.redis_mode == "sentinel"
 
     @property
+    def cluster(self) -> bool:
+        return self.redis_mode == "cluster"
+
+    @property
     def redis_nodes(self) -> dict[str, int]:
         """Supervisor program name -> port of each Redis data node (the roles swap on a failover)."""
+        if self.cluster:
+            return {f"redis-node{i}": port for i, port in enumerate(self.cluster_ports, 1)}
         nodes = {"redis": self.redis_port}
         return {**nodes, "redis-replica": self.replica_port} if self.sentinel else nodes
+
+    @property
+    def cluster_nodes(self) -> str:
+        """What the instances get as REDIS_CLUSTER_NODES (empty unless REDIS=cluster)."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.cluster_ports) if self.cluster else ""
 
     @property
     def sentinels(self) -> dict[str, int]:
@@ -166,7 +181,8 @@ class FarmConfig(BaseSettings):
     def ports(self) -> list[int]:
         https = [self.https_port] if self.https_port else []
         console = [self.console_port] if self.console else []
-        return [self.http_port, *https, *self.redis_nodes.values(), *self.sentinels.values(),
+        bus = [port + 10000 for port in self.cluster_ports] if self.cluster else []  # the cluster bus
+        return [self.http_port, *https, *self.redis_nodes.values(), *bus, *self.sentinels.values(),
                 *(i.port for i in self.web), *self.monitoring.values(), *console]
 
     @property

@@ -33,6 +33,20 @@ def free_port_block(count: int) -> int:
     raise FarmError(f"no block of {count} free ports on 127.0.0.1")
 
 
+def free_cluster_block(count: int) -> int:
+    """The first of `count` consecutive free ports whose cluster bus ports (port + 10000) are free too,
+    the bus ports also below the ephemeral range."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(200):
+        base = random.randrange(10000, max(ephemeral_low - 10000, 10000 + 2 * count) - count)
+        if all(port_is_free(p) and port_is_free(p + 10000) for p in range(base, base + count)):
+            return base
+    raise FarmError(f"no block of {count} free ports (and their cluster bus ports) on 127.0.0.1")
+
+
 def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel: bool = False,
                 monitoring: bool = False) -> dict[str, object]:
     """The ports of a farm in one free block: the balancer, Redis, HTTPS (if any), the instances
@@ -54,5 +68,6 @@ def free_layout(instances: int, *, https: bool = True, spare: int = 0, sentinel:
 def on_free_ports(config: FarmConfig, spare: int = 0) -> FarmConfig:
     """`config` moved to a block of free loopback ports (HTTPS only if it had HTTPS); `spare` free
     ports after the instances' leave room to scale up to instances + spare."""
+    cluster = {"cluster_ports": tuple(range(base := free_cluster_block(6), base + 6))} if config.cluster else {}
     return config.replace(**free_layout(config.instances, https=bool(config.https_port), spare=spare,
-                                        sentinel=config.sentinel, monitoring=bool(config.prometheus_port)))
+                                        sentinel=config.sentinel, monitoring=bool(config.prometheus_port)), **cluster)

@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal", default=env.get("KILL_SIGNAL") or "KILL", choices=["KILL", "TERM"])
     parser.add_argument("--runtime", default=env.get("RUNTIME") or "auto")
     parser.add_argument("--chaos", default=env.get("CHAOS") or "instances", choices=MODES,
-                        help="the fault: kill an instance or the Redis primary (REDIS=sentinel), hang an instance, "
-                             "stall Redis, cut an instance off from Redis, a login storm, or all in turn (mixed)")
+                        help="the fault: kill an instance or a Redis primary (REDIS=sentinel|cluster), hang an "
+                             "instance, stall Redis, cut an instance off from Redis, a login storm, or all in "
+                             "turn (mixed)")
     args = parser.parse_args(argv)
 
     try:

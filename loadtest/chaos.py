@@ -3,8 +3,9 @@ Docker engine otherwise) and time what the farm does about it. CHAOS picks the m
 (loadtest.faults has each kind of fault):
 
 - instances (the default): SIGKILL a random instance every K s; timed until it serves again.
-- redis (REDIS=sentinel, native): SIGKILL the Redis PRIMARY; timed until the Sentinels name a new
-  one and the balancer's /readyz answers 200.
+- redis (REDIS=sentinel or REDIS=cluster, native): SIGKILL the Redis PRIMARY (on a cluster, one of
+  the three in turn); timed until another node is primary in its place (the Sentinels name it; the
+  cluster serves every slot again) and the balancer's /readyz answers 200.
 - hang: SIGSTOP an instance for longer than the farm's liveness bound: the farm must take it out of
   the rotation, then restart it. If it has not within Hang.hold_s, the chaos resumes it itself
   (SIGCONT) and the fault counts as not recovered.

@@ -145,17 +145,18 @@ class Kill(FaultKind):
 
 
 class PrimaryKill(Kill):
-    """SIGKILL the Redis primary, recorded as a kill; recovered when the Sentinels name another
-    primary and the balancer's /readyz answers 200."""
+    """SIGKILL the Redis primary (on a cluster: one of its primaries), recorded as a kill; recovered
+    when another node is primary in its place (named by the Sentinels; on a cluster, every slot
+    served by a primary again) and the balancer's /readyz answers 200."""
 
     target = "the Redis primary"
     in_mixed = False  # CHAOS=redis
 
     @classmethod
     def refusal(cls, farm: Farm) -> str | None:
-        if not farm.config.sentinel or Capability.REDIS_FAILOVER not in farm.capabilities:
-            return ("kills the Redis primary and needs a native farm with REDIS=sentinel "
-                    "(a replica and Sentinels to fail over to)")
+        if not (farm.config.sentinel or farm.config.cluster) or Capability.REDIS_FAILOVER not in farm.capabilities:
+            return ("kills the Redis primary and needs a native farm with REDIS=sentinel or REDIS=cluster "
+                    "(a replica to fail over to)")
         return None
 
     @classmethod
@@ -245,8 +246,8 @@ class RedisStall(Paused):
 
     @classmethod
     def refusal(cls, farm: Farm) -> str | None:
-        if farm.config.sentinel:
-            return (f"stalls the one Redis of a single-Redis farm; with REDIS=sentinel a stall "
+        if farm.config.sentinel or farm.config.cluster:
+            return (f"stalls the one Redis of a single-Redis farm; with REDIS={farm.config.redis_mode} a stall "
                     f"of {cls.hold_s:g} s is a failover (CHAOS=redis)")
         return None
 

@@ -13,7 +13,8 @@ import pytest
 from farmctl.config import MONITORING_PORTS, PROJECT_ROOT, FarmConfig
 from farmctl.docker import engine_available
 from farmctl.lifecycle import running_farm
-from farmctl.native.scratch import scratch_redis
+from farmctl.native import cluster
+from farmctl.native.scratch import scratch_cluster, scratch_redis
 from farmctl.ports import on_free_ports
 from farmctl.runtime import Farm
 
@@ -50,6 +51,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throw-away redis-server of its own, for tests of the session store itself."""
     with scratch_redis(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away Redis Cluster of six nodes (three primaries, three replicas): its nodes, as
+    REDIS_CLUSTER_NODES takes them."""
+    with scratch_cluster(tmp_path_factory.mktemp("cluster")) as ports:
+        yield cluster.startup_nodes(ports)
 
 
 def _starter(stack: ExitStack, tmp_path_factory: pytest.TempPathFactory, runtime: str = "native") -> FarmFactory:
@@ -120,8 +129,31 @@ def docker_farm(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -
         yield _starter(stack, tmp_path_factory, "docker")(3, spare=2, demo_controls=True, monitoring=True)
 
 
+@pytest.fixture(scope="session")
+def cluster_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """The shared farm's twin on a Redis Cluster of six nodes (REDIS=cluster), natively."""
+    with ExitStack() as stack:
+        yield _starter(stack, tmp_path_factory)(3, demo_controls=True, redis_mode="cluster")
+
+
 @pytest.fixture(scope="session", params=["native", "docker"])
 def any_farm(request: pytest.FixtureRequest) -> Farm:
     """The shared farm of each runtime in turn: for the tests of what the farm promises whatever runs it."""
     farm: Farm = request.getfixturevalue("farm" if request.param == "native" else "docker_farm")
+    return farm
+
+
+@pytest.fixture(scope="session", params=["native", "cluster"])
+def store_farm(request: pytest.FixtureRequest) -> Farm:
+    """The shared farm on a single Redis, then on a Redis Cluster: for the tests of what the session
+    store promises (sessions, revocation, the throttle, exactly-once, the near cache)."""
+    farm: Farm = request.getfixturevalue("farm" if request.param == "native" else "cluster_farm")
+    return farm
+
+
+@pytest.fixture(scope="session", params=["native", "cluster", "docker"])
+def every_farm(request: pytest.FixtureRequest) -> Farm:
+    """`any_farm`, and the native farm on a Redis Cluster too."""
+    farm: Farm = request.getfixturevalue({"native": "farm", "cluster": "cluster_farm"}.get(request.param,
+                                                                                         "docker_farm"))
     return farm

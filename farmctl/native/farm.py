@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from farmctl.config import FarmConfig
-from farmctl.native import netfault, redis_ha, rotation
+from farmctl.native import cluster, netfault, redis_ha, rotation
 from farmctl.native.render import render_nginx_native, write_configs
 from farmctl.native.supervisor import Supervisor, terminate
 from farmctl.ports import port_is_free
@@ -64,10 +64,14 @@ class NativeFarm:
             )
             # It spawns its programs in its loop, after a first one-second wait unless a call wakes it.
             wait_until(self.supervisor.is_running, 10, interval_s=0.05)
+        if self.config.cluster:  # made of the six nodes at the first start, checked at every other
+            wait_until(lambda: all(not port_is_free(p) for p in self.config.cluster_ports), timeout_s / 2)
+            cluster.create(list(self.config.cluster_ports), self.config.redis_password)
         self.wait_healthy(timeout_s)
 
     def _check_same_redis_mode(self) -> None:
-        was = "sentinel" if "redis-replica" in self.supervisor.processes() else "single"
+        running = self.supervisor.processes()
+        was = "sentinel" if "redis-replica" in running else "cluster" if "redis-node1" in running else "single"
         if was != self.config.redis_mode:
             raise FarmError(f"the farm runs with REDIS={was}; `make down` first to switch to "
                             f"REDIS={self.config.redis_mode}")
@@ -192,12 +196,13 @@ class NativeFarm:
         ports = {i.name: i.port for i in self.config.web} | self.config.redis_nodes | self.config.sentinels | {
             "nginx": self.config.http_port}
         ports |= self.config.monitoring | ({"console": self.config.console_port} if self.config.console else {})
-        ha = self.config.replace(redis_mode="sentinel")  # the farm may run in sentinel mode without REDIS set
+        # The farm may run in another Redis mode than REDIS says now.
+        ha, many = self.config.replace(redis_mode="sentinel"), self.config.replace(redis_mode="cluster")
         if not self.is_running():
             if left := self.supervisor.session():
-                return self._unsupervised(left, ha.redis_nodes | ha.sentinels | ports)
+                return self._unsupervised(left, ha.redis_nodes | ha.sentinels | many.redis_nodes | ports)
             return [ProcessStatus(name, port, 0, "STOPPED") for name, port in ports.items()]
-        ports = ha.redis_nodes | ha.sentinels | ports
+        ports = ha.redis_nodes | ha.sentinels | many.redis_nodes | ports
         info = self.supervisor.processes()
         # Instances beyond this config's N (a `make scale` done without N now) follow the same scheme.
         ports |= {name: self.config.base_port + int(name[3:]) - 1 for name in info
@@ -230,9 +235,24 @@ class NativeFarm:
         return self.supervisor.pid(name)
 
     def redis_primary(self) -> str | None:
+        """On a cluster: the primary of the lowest port, and None while a slot has no primary."""
+        if self.config.cluster:
+            ports = self.config.cluster_ports
+            nodes = cluster.nodes(ports, self.config.redis_password)
+            serving = sorted(n.port for n in nodes.values() if n.role == "primary" and n.slots)
+            if not serving or sum(nodes[p].slots for p in serving) < cluster.SLOTS:
+                return None
+            return f"redis-node{ports.index(serving[0]) + 1}"
         return redis_ha.primary_name(self.config) if self.config.sentinel else next(iter(self.config.redis_nodes))
 
+    def cluster_nodes(self) -> dict[str, cluster.Node]:
+        """REDIS=cluster: each node's role and slots, as the cluster sees them."""
+        nodes = cluster.nodes(self.config.cluster_ports, self.config.redis_password)
+        return {name: nodes[port] for name, port in self.config.redis_nodes.items()}
+
     def failover_ready(self) -> bool:
+        if self.config.cluster:
+            return cluster.healthy(self.config.cluster_ports, password=self.config.redis_password)
         return self.config.sentinel and redis_ha.failover_ready(self.config)
 
     def kill(self, name: str, sig: str = "KILL") -> int:
@@ -276,6 +296,8 @@ class NativeFarm:
             bad.append("redis")
         elif self.config.sentinel and not self.failover_ready():
             bad.extend(["redis-replica", *self.config.sentinels])
+        elif self.config.cluster and not self.failover_ready():
+            bad.extend(self.config.redis_nodes)
         if self.config.console and not answers(f"http://127.0.0.1:{self.config.console_port}/console/healthz", 1):
             bad.append("console")
         return bad

@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from farmctl.config import PROJECT_ROOT, SENTINEL_MASTER, FarmConfig, Instance
-from farmctl.native import rotation
+from farmctl.native import cluster, rotation
 from farmctl.native.redis_node import started_marker
 from farmctl.render import (
     PROMETHEUS_RULES,
@@ -74,6 +74,8 @@ def instance_env(config: FarmConfig, inst: Instance) -> Iterator[tuple[str, str]
     if config.sentinel:
         yield "REDIS_SENTINELS", config.sentinel_addresses
         yield "REDIS_SENTINEL_MASTER", SENTINEL_MASTER
+    if config.cluster:
+        yield "REDIS_CLUSTER_NODES", config.cluster_nodes
     yield "SESSION_BACKEND", config.session_backend
     yield "KEY_PREFIX", config.key_prefix
     yield "DEMO_CONTROLS", "1" if config.demo_controls else "0"
@@ -101,6 +103,7 @@ def render_supervisord(config: FarmConfig, python: str) -> str:
         redis_memory=f"--maxmemory {REDIS_MAXMEMORY} --maxmemory-policy {REDIS_MAXMEMORY_POLICY}",
         redis_nodes=config.redis_nodes,
         sentinels=config.sentinels,
+        cluster_args=cluster.node_args if config.cluster else None,
         instances=config.web,
         env=lambda inst: instance_env(config, inst),
         monitoring=config.monitoring,

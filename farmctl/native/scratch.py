@@ -1,5 +1,5 @@
-"""A throw-away redis-server: no persistence, its own free loopback port, stopped when done. For the
-tests of the session store itself and for bench.inprocess, which need a Redis but not a farm."""
+"""A throw-away redis-server, or a Redis Cluster of six: no persistence, free loopback ports, stopped when
+done. For the tests of the session store itself and for bench.inprocess, which need a Redis but not a farm."""
 
 import shutil
 import subprocess
@@ -9,17 +9,38 @@ from pathlib import Path
 
 import redis
 
-from farmctl.ports import free_port_block
+from farmctl.native import cluster
+from farmctl.ports import free_cluster_block, free_port_block
 from farmctl.wait import wait_until
+
+
+def _server(port: int, workdir: Path, *args: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir), *args], stdout=subprocess.DEVNULL)
+
+
+@contextmanager
+def scratch_cluster(workdir: Path) -> Iterator[list[int]]:
+    """The ports of six nodes made one healthy cluster (three primaries, three replicas)."""
+    base = free_cluster_block(6)
+    ports = list(range(base, base + 6))
+    procs = [_server(port, workdir, *cluster.node_args(port)) for port in ports]
+    try:
+        cluster.create(ports)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
 
 
 @contextmanager
 def scratch_redis(workdir: Path) -> Iterator[str]:
     """Its URL, once it answers (RuntimeError if it does not within 10 s)."""
     port = free_port_block(1)
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    proc = _server(port, workdir)
     try:
         with redis.Redis(port=port) as client:
             def answers() -> bool:

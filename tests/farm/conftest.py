@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from farmctl.runtime import Farm
+from tests.farm.users import store_of
 
 
 @pytest.fixture
@@ -25,6 +26,6 @@ def store(farm: Farm) -> Iterator[redis.Redis]:
 @pytest.fixture
 def any_store(any_farm: Farm) -> Iterator[redis.Redis]:
     """The Redis of `any_farm` (under Docker published on loopback, behind its password)."""
-    client = redis.Redis.from_url(any_farm.config.redis_url, decode_responses=True)
+    client = store_of(any_farm)
     yield client
     client.close()

@@ -14,9 +14,11 @@ import httpx
 import psutil
 import pytest
 import redis
+from redis.crc import key_slot
 
 from app.config import SESSION_COOKIE
-from app.sessions.nearcache import LEASE_S
+from app.sessions.nearcache import LEASE_S, NearCache
+from farmctl.native import cluster
 from farmctl.runtime import Farm
 from farmctl.wait import wait_until
 from tests.conftest import FarmFactory
@@ -33,6 +35,16 @@ DEADLINE_S = 1.5
 @pytest.fixture(scope="module")
 def farm(farm_factory: FarmFactory) -> Farm:
     return farm_factory(3, redis_mode="sentinel")
+
+
+@pytest.fixture(scope="module", params=["sentinel", "cluster"])
+def store_farm(request: pytest.FixtureRequest, farm_factory: FarmFactory) -> Farm:
+    """This module's farm behind Sentinel, then one on a Redis Cluster (where the invalidations go
+    through the primary of their channel's slot)."""
+    if request.param == "sentinel":
+        farm: Farm = request.getfixturevalue("farm")
+        return farm
+    return farm_factory(3, redis_mode="cluster")
 
 
 @dataclass
@@ -93,6 +105,12 @@ def log_out_and_watch(farm: Farm, cookies: httpx.Cookies, logouts: Logouts, via:
 
 
 def primary_port(farm: Farm) -> int:
+    """The node the invalidations go through: the primary (on a cluster, the primary of their slot)."""
+    if farm.config.cluster:
+        slot = key_slot(NearCache.channel_of(farm.config.key_prefix).encode())
+        port = cluster.primary_of_slot(farm.config.cluster_ports, slot)
+        assert port is not None
+        return port
     primary = farm.redis_primary()
     assert primary is not None
     return farm.config.redis_nodes[primary]
@@ -128,7 +146,8 @@ def deliveries_dropped(redis_port: int, local_port: int) -> Iterator[None]:
         _iptables("-D", *rule)
 
 
-def test_a_subscription_that_stops_delivering_is_detected_and_bypassed(farm: Farm) -> None:
+def test_a_subscription_that_stops_delivering_is_detected_and_bypassed(store_farm: Farm) -> None:
+    farm = store_farm
     logouts, detected = Logouts(), []
     for _ in range(4):
         with signed_in(farm.config.web[0].url) as client:
@@ -152,9 +171,10 @@ def test_a_subscription_that_stops_delivering_is_detected_and_bypassed(farm: Far
     assert logouts.worst_s < DEADLINE_S
 
 
-def test_logout_while_an_instance_is_frozen_answers_in_time_and_holds(farm: Farm) -> None:
+def test_logout_while_an_instance_is_frozen_answers_in_time_and_holds(store_farm: Farm) -> None:
     """The frozen instance never acknowledges: the logout's wait for it ends on time, by a bound
     no library can ignore, and the instance serves none of the cookies once it thaws."""
+    farm = store_farm
     sessions = []
     for _ in range(5):
         with signed_in(farm.config.web[0].url) as client:

@@ -135,7 +135,7 @@ def sign_in_many(url: str, prefix: str, username: str, times: int) -> list[Sessi
 def alive(store: redis.Redis, prefix: str, keys: list[SessionKey]) -> int:
     with store.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.exists(f"{prefix}:session:{key.id}")
+            pipe.exists(RedisSessionStore.key_in(prefix, key))
         return sum(pipe.execute())
 
 

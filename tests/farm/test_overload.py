@@ -18,6 +18,7 @@ import psutil
 import pytest
 import redis
 
+from app.keys import user_space
 from farmctl.runtime import Farm
 from farmctl.wait import wait_until
 from tests.conftest import FarmFactory
@@ -152,6 +153,7 @@ def test_a_login_storm_leaves_signed_in_users_unharmed_and_counts_only_what_it_e
     assert statuses[401] > 0
     assert statuses[503] > 0
     with redis.Redis.from_url(storm_farm.config.redis_url) as store:
-        counted = int(store.get(f"{storm_farm.config.key_prefix}:login-failures:user:{username}") or 0)
+        space = user_space(storm_farm.config.key_prefix, username)
+        counted = int(store.get(f"{space}login-failures:user:{username}") or 0)
     assert counted == statuses[401]
 

@@ -4,12 +4,12 @@ must on every instance at once - also while requests and logins of the same user
 The races send from a loopback address of their own (127.0.0.x; nginx forwards it as the
 client's), so the per-address limits they trip do not spill into the other tests on the shared farm."""
 
-import hashlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import datetime
 from functools import partial
 
@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from app.config import DEMO_PASSWORD, DEMO_USERNAME, SESSION_COOKIE
+from app.keys import uid
 from farmctl.runtime import Farm
 from tests.farm.users import (
     PASSWORD,
@@ -25,16 +26,18 @@ from tests.farm.users import (
     login,
     new_username,
     register,
+    session_key,
     signed_in,
     source_address,
+    store_of,
     with_cookie,
 )
 
 pytestmark = pytest.mark.farm
 
 
-def test_logout_on_one_instance_ends_the_session_on_every_instance(any_farm: Farm) -> None:
-    web1, web2, web3 = any_farm.config.web
+def test_logout_on_one_instance_ends_the_session_on_every_instance(every_farm: Farm) -> None:
+    web1, web2, web3 = every_farm.config.web
     with signed_in(web1.url) as client:
         cookies = httpx.Cookies(client.cookies)
         assert client.post("/api/logout").status_code == 204
@@ -44,22 +47,22 @@ def test_logout_on_one_instance_ends_the_session_on_every_instance(any_farm: Far
             assert stale.get("/api/cart").status_code == 401
 
 
-def test_logout_everywhere_ends_every_session_of_the_user(any_farm: Farm) -> None:
-    base, username = any_farm.config.balancer_url, new_username()
+def test_logout_everywhere_ends_every_session_of_the_user(every_farm: Farm) -> None:
+    base, username = every_farm.config.balancer_url, new_username()
     with signed_in(base, username) as laptop, httpx.Client(base_url=base) as phone, \
             httpx.Client(base_url=base) as stranger:
         assert login(phone, username).status_code == 200
         assert login(stranger, DEMO_USERNAME, DEMO_PASSWORD).status_code == 200
         assert laptop.post("/api/logout/everywhere").status_code == 204
-        for inst in any_farm.config.web:
+        for inst in every_farm.config.web:
             with with_cookie(inst.url, phone.cookies) as on_instance:
                 assert on_instance.get("/api/me").status_code == 401
         assert laptop.get("/api/me").status_code == 401
         assert stranger.get("/api/me").status_code == 200
 
 
-def test_password_change_ends_other_sessions_and_rotates_this_one(any_farm: Farm) -> None:
-    base, username = any_farm.config.balancer_url, new_username()
+def test_password_change_ends_other_sessions_and_rotates_this_one(every_farm: Farm) -> None:
+    base, username = every_farm.config.balancer_url, new_username()
     with signed_in(base, username) as laptop, httpx.Client(base_url=base) as phone:
         assert login(phone, username).status_code == 200
         before = laptop.cookies[SESSION_COOKIE]
@@ -74,11 +77,10 @@ def test_password_change_ends_other_sessions_and_rotates_this_one(any_farm: Farm
         assert login(phone, username, "n" * 12).status_code == 200
 
 
-def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(any_farm: Farm, any_store: redis.Redis) -> None:
-    with signed_in(any_farm.config.balancer_url) as owner:
+def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(every_farm: Farm) -> None:
+    with signed_in(every_farm.config.balancer_url) as owner, closing(store_of(every_farm)) as store:
         cookies = httpx.Cookies(owner.cookies)
-        sid = hashlib.sha256(owner.cookies[SESSION_COOKIE].encode()).hexdigest()
-        key = f"{any_farm.config.key_prefix}:session:{sid}"
+        key = session_key(every_farm.config.key_prefix, owner.cookies[SESSION_COOKIE])
         stop = threading.Event()
         seen: Counter[int] = Counter()
 
@@ -89,7 +91,7 @@ def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(any_farm: Fa
                     seen[client.get("/api/me").status_code] += 1
 
         with ThreadPoolExecutor(6) as pool:
-            for inst in any_farm.config.web * 2:
+            for inst in every_farm.config.web * 2:
                 pool.submit(hammer, inst.url)
             time.sleep(0.5)
             assert owner.post("/api/logout").status_code == 204
@@ -97,8 +99,8 @@ def test_logout_racing_a_stream_of_requests_leaves_the_session_dead(any_farm: Fa
             stop.set()
     assert seen[200] > 0
     assert seen[401] > 0
-    assert not any_store.exists(key)
-    for inst in any_farm.config.web:
+    assert not store.exists(key)
+    for inst in every_farm.config.web:
         with with_cookie(inst.url, cookies) as late:
             assert late.get("/api/me").status_code == 401
 
@@ -143,13 +145,13 @@ def created_at_ms(base: str, cookie: str) -> int:
         return round(datetime.fromisoformat(client.get("/api/me").json()["session_created_at"]).timestamp() * 1000)
 
 
-def test_sign_out_everywhere_leaves_no_session_from_before_it_and_none_outside_its_reach(farm: Farm) -> None:
+def test_sign_out_everywhere_leaves_no_session_from_before_it_and_none_outside_its_reach(store_farm: Farm) -> None:
     """Logins of the same user race the sign-out. A login that overlaps it may land on either side
     of it (it is one atomic step: the epoch moves on); what must never happen is a session created
     before the sign-out surviving it, or - the bug of the session index - a session that a later
     sign-out everywhere cannot reach."""
-    base, raced = farm.config.balancer_url, 0
-    with redis.Redis.from_url(farm.config.redis_url) as store:
+    base, raced = store_farm.config.balancer_url, 0
+    with closing(store_of(store_farm)) as store:
         for _ in range(15):
             username, address = new_username(), source_address()
             with client_from(base, address) as laptop:
@@ -175,10 +177,10 @@ def test_sign_out_everywhere_leaves_no_session_from_before_it_and_none_outside_i
 CHANGE = {"current_password": PASSWORD, "new_password": "n" * 12}
 
 
-def test_a_password_change_ends_the_sessions_of_old_password_logins_in_flight(farm: Farm) -> None:
+def test_a_password_change_ends_the_sessions_of_old_password_logins_in_flight(store_farm: Farm) -> None:
     """A thief keeps logging in with the old password while the owner changes it: every session
     the old password opened is dead once the change has answered."""
-    base, raced = farm.config.balancer_url, 0
+    base, raced = store_farm.config.balancer_url, 0
     for _ in range(10):
         username, address = new_username(), source_address()
         with client_from(base, address) as owner:
@@ -194,16 +196,16 @@ def test_a_password_change_ends_the_sessions_of_old_password_logins_in_flight(fa
 
 
 def indexes_naming(store: redis.Redis, prefix: str, username: str) -> dict[str, int]:
-    """Every set or sorted set of the store whose key names `username`, with its size."""
+    """Every set or sorted set of the store whose key names `username` (or its id), with its size."""
     sizes = {"set": store.scard, "zset": store.zcard}
-    return {key: sizes[kind](key) for key in store.scan_iter(f"{prefix}:*{username}*", count=1000)
-            if (kind := store.type(key)) in sizes}
+    return {key: sizes[kind](key) for name in (username, uid(username))
+            for key in store.scan_iter(f"{prefix}:*{name}*", count=1000) if (kind := store.type(key)) in sizes}
 
 
-def test_sessions_that_end_leave_nothing_in_the_users_index(farm: Farm, store: redis.Redis) -> None:
+def test_sessions_that_end_leave_nothing_in_the_users_index(store_farm: Farm) -> None:
     """Sign in and out 30 times: no index of the user keeps the 30 ended sessions' ids."""
-    base, username = farm.config.balancer_url, new_username()
-    with client_from(base) as client:
+    farm, base, username = store_farm, store_farm.config.balancer_url, new_username()
+    with client_from(base) as client, closing(store_of(farm)) as store:
         register(client, username)
         for _ in range(30):
             assert login(client, username).status_code == 200

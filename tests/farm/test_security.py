@@ -16,7 +16,7 @@ from farmctl.runtime import Farm
 from farmctl.secret import proxy_secret
 from farmctl.tls import certificate_paths
 from tests.conftest import FarmFactory
-from tests.farm.users import client_from, login, new_username, register, signed_in
+from tests.farm.users import client_from, login, new_username, register, session_key, signed_in
 
 pytestmark = pytest.mark.farm
 
@@ -46,7 +46,9 @@ def test_login_issues_a_new_id_so_a_planted_cookie_is_worthless(farm: Farm) -> N
 def test_redis_holds_only_a_hash_of_the_token(farm: Farm, store: redis.Redis) -> None:
     with signed_in(farm.config.balancer_url) as client:
         token = client.cookies[SESSION_COOKIE]
-    assert store.exists(f"{farm.config.key_prefix}:session:{hashlib.sha256(token.encode()).hexdigest()}")
+    key = session_key(farm.config.key_prefix, token)
+    assert key.endswith(f":session:{hashlib.sha256(token.encode()).hexdigest()}")
+    assert store.exists(key)
     for key in store.scan_iter(f"{farm.config.key_prefix}:*"):
         assert token not in key
         if store.type(key) == "hash":

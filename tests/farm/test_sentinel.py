@@ -1,7 +1,6 @@
 """Redis with a replica and three Sentinels (REDIS=sentinel): the instances follow a failover on their
 own - no restart, 503 while there is no primary, never 500 - and signed-in users stay signed in."""
 
-import hashlib
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from farmctl.config import SENTINEL_MASTER
 from farmctl.runtime import Farm
 from farmctl.wait import wait_until
 from tests.conftest import FarmFactory
-from tests.farm.users import signed_in
+from tests.farm.users import session_key, signed_in
 
 pytestmark = pytest.mark.farm
 
@@ -92,7 +91,7 @@ def test_login_acknowledged_by_the_replica_before_the_answer(sentinel_farm: Farm
     replica_port = next(port for name, port in config.redis_nodes.items() if name != primary)
     with signed_in(config.balancer_url) as client:
         token = client.cookies[SESSION_COOKIE]
-    key = f"{config.key_prefix}:session:{hashlib.sha256(token.encode()).hexdigest()}"
+    key = session_key(config.key_prefix, token)
     with redis.Redis(port=replica_port) as replica:
         assert replica.exists(key) == 1  # WAIT returned only once the replica had it
 

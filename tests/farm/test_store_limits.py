@@ -180,11 +180,11 @@ def test_idempotency_records_are_one_short_lived_key_per_session_gone_at_logout(
                 assert client.post("/api/cart/items", json={"sku": "plum", "qty": 1},
                                    headers={"Idempotency-Key": f"add-{i}-{sid[:8]}"}).status_code == 200
         assert client.get("/api/cart").json() == {"items": {"plum": 5}}
-        records = list(store.scan_iter(f"{prefix}:applied:{sid}*"))
+        records = list(store.scan_iter(f"{prefix}:*applied:{sid}*"))
         assert len(records) == 1, records
         assert 0 < store.pttl(records[0]) <= Settings().idempotency_window_s * 1000
         assert client.post("/api/logout").status_code == 204
-        assert list(store.scan_iter(f"{prefix}:applied:{sid}*")) == []
+        assert list(store.scan_iter(f"{prefix}:*applied:{sid}*")) == []
 
 
 def test_known_address_records_are_one_bounded_key_per_account(farm: Farm, store: redis.Redis) -> None:
@@ -195,7 +195,7 @@ def test_known_address_records_are_one_bounded_key_per_account(farm: Farm, store
         with client_from(base, source_address()) as client:
             assert login(client, username).status_code == 200
             assert client.post("/api/logout").status_code == 204
-    records = list(store.scan_iter(f"{farm.config.key_prefix}:login-known:{username}*"))
+    records = list(store.scan_iter(f"{farm.config.key_prefix}:*login-known:{username}*"))
     assert len(records) == 1, records
     assert store.zcard(records[0]) == KNOWN_ADDRESSES
     assert 0 < store.pttl(records[0]) <= KNOWN_PAIR_MS

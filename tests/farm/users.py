@@ -9,11 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
+from redis.cluster import ClusterNode
 
+from app.sessions import RedisSessionStore, SessionKey
 from farmctl.runtime import Farm
 
 PASSWORD = "correct-horse-battery"
@@ -109,3 +111,21 @@ def redis_blocked(farm: Farm, seconds: float) -> Iterator[None]:
         yield
     finally:
         blocker.join()
+
+
+def session_key(prefix: str, token: str) -> str:
+    """The Redis key of the session whose cookie is `token`."""
+    key = SessionKey.parse(token)
+    assert key is not None, f"not a session token: {token!r}"
+    return RedisSessionStore.key_in(prefix, key)
+
+
+def store_of(farm: Farm) -> redis.Redis:
+    """A client of the farm's Redis (on a cluster, a cluster client typed as one: it answers the keyed
+    commands the tests send)."""
+    config = farm.config
+    if config.cluster:
+        nodes = [ClusterNode("127.0.0.1", port) for port in config.cluster_ports]  # type: ignore[no-untyped-call]
+        return cast(redis.Redis, redis.RedisCluster(startup_nodes=nodes, decode_responses=True,
+                                                    password=config.redis_password or None))
+    return redis.Redis.from_url(config.redis_url, decode_responses=True)
