@@ -1,7 +1,8 @@
 """The Docker runtime: the same interface as the native one, driven through `docker compose`.
 
-compose.yaml declares Redis, web1..web3 and nginx (and, in its `sentinel` profile, a replica and
-three Sentinels); Docker's restart policy is the supervisor. Each farm is one compose project:
+compose.yaml declares Redis, web1..web3 and nginx (in its `sentinel` profile a replica and three
+Sentinels, in its `cluster` profile six Redis Cluster nodes instead of the one Redis); Docker's
+restart policy is the supervisor. Each farm is one compose project:
 `webfarm` for the one in the repo's .farm, another name per state dir (the tests run several).
 What a farm changes in compose.yaml (more instances, the tests' extra variables, another number of
 instances for nginx) goes into an override file in its state dir, rendered by farmctl.docker.render.
@@ -24,7 +25,14 @@ import redis
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.docker import console
 from farmctl.docker.engine import compose_command
-from farmctl.docker.render import DOCKER_INSTANCES, DOCKER_SENTINELS, compose_override, config_dir_of
+from farmctl.docker.render import (
+    DOCKER_CLUSTER_CREATE,
+    DOCKER_CLUSTER_NODES,
+    DOCKER_INSTANCES,
+    DOCKER_SENTINELS,
+    compose_override,
+    config_dir_of,
+)
 from farmctl.runtime import Capability, FarmError, ProcessStatus, require
 from farmctl.secret import csrf_secret, farm_secret, proxy_secret
 from farmctl.wait import answers, balancer_answers, wait_until
@@ -68,6 +76,7 @@ class DockerFarm:
         env["DEMO_CONTROLS"] = "1" if self.config.demo_controls else "0"
         env["CONSOLE_URL"] = console.url(self.config) if self.config.console else ""
         env["REDIS_SENTINELS"] = DOCKER_SENTINELS if self.config.sentinel else ""
+        env["REDIS_CLUSTER_NODES"] = DOCKER_CLUSTER_NODES if self.config.cluster else ""
         env["PROMETHEUS_PORT"] = str(self.config.prometheus_port)
         return env
 
@@ -77,9 +86,13 @@ class DockerFarm:
         override.write_text(json.dumps(compose_override(self.config, PROJECT_ROOT / "compose.yaml"), indent=2))
         return ["--file", str(PROJECT_ROOT / "compose.yaml"), "--file", str(override)]
 
+    def _profiles(self) -> list[str]:
+        """compose.yaml's profiles this farm turns on."""
+        return [*(["sentinel"] if self.config.sentinel else []), *(["cluster"] if self.config.cluster else []),
+                *(["monitoring"] if self.config.prometheus_port else [])]
+
     def _compose(self, *args: str, capture: bool = False, check: bool = True) -> str:
-        profiles = [*(["--profile", "sentinel"] if self.config.sentinel else []),
-                    *(["--profile", "monitoring"] if self.config.prometheus_port else [])]
+        profiles = [arg for profile in self._profiles() for arg in ("--profile", profile)]
         cmd = [*compose_command(), "--progress", "quiet", "--project-name", self.project,
                "--project-directory", str(PROJECT_ROOT), *self._files(), *profiles, *args]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=self._environment())
@@ -182,7 +195,7 @@ class DockerFarm:
         statuses = [ProcessStatus(r["Service"], int((r.get("Publishers") or [{}])[0].get("PublishedPort") or 0),
                                   self.pid(r["Service"]) if r.get("State") == "running" else 0,
                                   "RUNNING" if r.get("State") == "running" else str(r.get("State", "?")).upper())
-                    for r in rows if r["Service"] != "farm-config"]
+                    for r in rows if r["Service"] not in ("farm-config", DOCKER_CLUSTER_CREATE)]
         pid = console.pid(self.config)
         if self.config.console or pid:  # on the host, not a compose service
             statuses.append(ProcessStatus("console", self.config.console_port, pid, "RUNNING" if pid else "STOPPED"))
@@ -237,6 +250,8 @@ class DockerFarm:
     def _answers(self, name: str) -> bool:
         if name in self.instance_names():
             return self.is_serving(name)
+        if self.config.cluster and name in self.config.redis_nodes:
+            return self._cluster_node_answers(name)
         if name == "redis":
             try:
                 with redis.Redis.from_url(self.config.redis_url, socket_timeout=1) as client:
@@ -248,6 +263,30 @@ class DockerFarm:
             # 24 of 40 requests 503 "session store unavailable" right after the host's PING).
             return all(self.is_serving(name) for name in self.instance_names())
         return True
+
+    def _cluster_node(self, name: str) -> redis.Redis:
+        """A client of cluster node `name` alone, on its loopback port (not a cluster client)."""
+        return redis.Redis(port=self.config.redis_nodes[name], password=self.config.redis_password or None,
+                           socket_timeout=1, decode_responses=True)
+
+    def _cluster_node_answers(self, name: str) -> bool:
+        try:
+            with self._cluster_node(name) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def cluster_roles(self) -> dict[str, str]:
+        """Each cluster node's role as the cluster sees it ("primary, 5461 slots", "replica of
+        redis-node1", "down"), from the first node that answers CLUSTER NODES; {} when none does."""
+        for name in self.config.redis_nodes if self.config.cluster else ():
+            try:
+                with self._cluster_node(name) as client:
+                    text = client.execute_command("CLUSTER", "NODES")  # raw: redis-py parses "CLUSTER NODES"
+            except redis.RedisError:
+                continue
+            return cluster_roles(str(text))
+        return {}
 
     def restart(self, name: str) -> None:
         """`docker compose restart`: SIGTERM, then the container starts again; nginx fails over meanwhile."""
@@ -331,3 +370,26 @@ class DockerFarm:
 
     def tail(self, name: str, lines: int = 15) -> str:
         return self._compose("logs", "--no-log-prefix", "--tail", str(lines), name, capture=True)
+
+
+def cluster_roles(nodes: str) -> dict[str, str]:
+    """CLUSTER NODES' lines (`id ip:port@bus,hostname flags primary-id ping pong epoch link slots...`) as
+    hostname -> "primary, N slots", "replica of NAME" or "down" (as farmctl.native.cluster describes
+    a node; under Docker every node listens on the same port, so they are told apart by name)."""
+    rows = [line.split() for line in nodes.splitlines() if line.strip()]
+    names = {row[0]: row[1].partition(",")[2] or row[1] for row in rows}
+    roles = {}
+    for row in rows:
+        flags = row[2].split(",")
+        if "fail" in flags or "fail?" in flags or (row[7] != "connected" and "myself" not in flags):
+            roles[names[row[0]]] = "down"
+        elif "master" in flags:
+            roles[names[row[0]]] = f"primary, {sum(_slot_count(r) for r in row[8:] if not r.startswith('['))} slots"
+        else:
+            roles[names[row[0]]] = f"replica of {names.get(row[3], row[3])}"
+    return roles
+
+
+def _slot_count(text: str) -> int:
+    low, _, high = text.partition("-")
+    return int(high or low) - int(low) + 1

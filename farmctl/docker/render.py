@@ -5,7 +5,7 @@ service (`python -m farmctl render-docker`) into the volume nginx and the Sentin
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from farmctl.config import SENTINEL_MASTER, FarmConfig, Instance
 from farmctl.render import (
@@ -27,6 +27,18 @@ DOCKER_SENTINEL_NAMES = ("sentinel1", "sentinel2", "sentinel3")
 DOCKER_SENTINEL_PORT = 26379
 #: What the web services get as REDIS_SENTINELS with REDIS=sentinel.
 DOCKER_SENTINELS = ",".join(f"{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES)
+#: The Redis nodes of compose.yaml's profile `cluster` (three primaries and three replicas once the
+#: one-shot redis-cluster-create has made them a cluster), each on Redis' default port; named as
+#: FarmConfig.redis_nodes names a cluster's nodes, and published on their loopback ports.
+DOCKER_CLUSTER_NODE_NAMES = tuple(f"redis-node{i}" for i in range(1, 7))
+DOCKER_REDIS_PORT = 6379
+#: What the web services get as REDIS_CLUSTER_NODES with REDIS=cluster (any one would do: the client
+#: discovers the others; all six, so that a client starting while one is down still finds the cluster).
+DOCKER_CLUSTER_NODES = ",".join(f"{name}:{DOCKER_REDIS_PORT}" for name in DOCKER_CLUSTER_NODE_NAMES)
+#: The one-shot service of the profile `cluster` that makes the nodes a cluster, or checks it.
+DOCKER_CLUSTER_CREATE = "redis-cluster-create"
+#: FarmConfig.redis_mode's values.
+RedisMode = Literal["single", "sentinel", "cluster"]
 
 
 #: The monitoring profile's ports, inside the containers (none is published but Prometheus').
@@ -46,24 +58,26 @@ def render_nginx_docker(instances: int = DOCKER_INSTANCES, balance: str = "round
                                        down=down, status_port=DOCKER_NGINX_STATUS_PORT, status_host="0.0.0.0")
 
 
-def redis_targets_docker(sentinel: bool) -> dict[str, str]:
+def redis_targets_docker(mode: RedisMode) -> dict[str, str]:
     """The Redis exporter's targets: compose.yaml's Redis, and with the sentinel profile its replica
-    and Sentinels."""
-    nodes = {"redis": "redis://redis:6379"}
-    if sentinel:
-        nodes["redis-replica"] = "redis://redis-replica:6379"
+    and Sentinels; with the cluster profile its six nodes instead (farmctl runs no `redis` then)."""
+    if mode == "cluster":
+        return {name: f"redis://{name}:{DOCKER_REDIS_PORT}" for name in DOCKER_CLUSTER_NODE_NAMES}
+    nodes = {"redis": f"redis://redis:{DOCKER_REDIS_PORT}"}
+    if mode == "sentinel":
+        nodes["redis-replica"] = f"redis://redis-replica:{DOCKER_REDIS_PORT}"
         nodes |= {name: f"redis://{name}:{DOCKER_SENTINEL_PORT}" for name in DOCKER_SENTINEL_NAMES}
     return nodes
 
 
-def render_prometheus_docker(sentinel: bool) -> str:
+def render_prometheus_docker(mode: RedisMode) -> str:
     """prometheus.yml for compose.yaml's monitoring profile: the services by name; the rules and the
     instances' file beside it (paths relative to it, so that promtool checks it anywhere)."""
     return render_prometheus_config(
         farm="docker", rules=PROMETHEUS_RULES.name, web_targets_file=WEB_TARGETS,
         health_target=f"health:{DOCKER_HEALTH_METRICS_PORT}", nginx_exporter_target="nginx-exporter:9113",
         redis_exporter_target="redis-exporter:9121", prometheus_target="127.0.0.1:9090",
-        redis_targets=redis_targets_docker(sentinel))
+        redis_targets=redis_targets_docker(mode))
 
 
 def web_targets(instances: int) -> str:
@@ -88,7 +102,17 @@ def compose_override(config: FarmConfig, compose_file: Path) -> dict[str, Any]:
     for name in names[DOCKER_INSTANCES:]:
         services[name]["extends"] = {"file": str(compose_file), "service": "web1"}
     # `store` is internal (no way out, no published ports): Redis joins a network of its own to be published.
-    services["redis"] = {"ports": [f"127.0.0.1:{config.redis_port}:6379"], "networks": ["store", "redis-host"]}
+    if config.cluster:
+        # The cluster's nodes instead of the single Redis: `redis` in a profile never turned on, and
+        # no longer a dependency the instances need (compose.yaml's depends_on merged, not replaced).
+        services["redis"] = {"profiles": ["single"]}
+        for name in names:
+            services[name]["depends_on"] = {"redis": {"condition": "service_healthy", "required": False}}
+        services |= {name: {"ports": [f"127.0.0.1:{port}:{DOCKER_REDIS_PORT}"], "networks": ["store", "redis-host"]}
+                     for name, port in config.redis_nodes.items()}
+    else:
+        services["redis"] = {"ports": [f"127.0.0.1:{config.redis_port}:{DOCKER_REDIS_PORT}"],
+                             "networks": ["store", "redis-host"]}
     # farm-config keeps compose.yaml's command (nginx.conf for web1..web3) whatever N: nginx restarts
     # when it is recreated (`restart: true`), so `make scale` must not change it. The health
     # service renders nginx.conf for its N at its start (farmctl/docker/health.py).
@@ -130,14 +154,15 @@ def render_docker(out: Path, instances: int, balance: str, proxy_secret: str) ->
     monitoring profile's files (prometheus.yml, its rules, web1..webN, the Redis exporter's
     passwords) into `out` (compose's config volume), each whole."""
     password = os.environ.get("REDIS_PASSWORD", "")
-    sentinel = bool(os.environ.get("REDIS_SENTINELS"))
+    mode: RedisMode = "cluster" if os.environ.get("REDIS_CLUSTER_NODES") else \
+        "sentinel" if os.environ.get("REDIS_SENTINELS") else "single"
     files = {"nginx.conf": render_nginx_docker(instances, balance), PROXY_SECRET_CONF: proxy_secret_conf(proxy_secret)}
     files |= {f"{name}.conf": render_sentinel_docker(name, password) for name in DOCKER_SENTINEL_NAMES}
-    files |= {"prometheus.yml": render_prometheus_docker(sentinel), PROMETHEUS_RULES.name: PROMETHEUS_RULES.read_text(),
+    files |= {"prometheus.yml": render_prometheus_docker(mode), PROMETHEUS_RULES.name: PROMETHEUS_RULES.read_text(),
               WEB_TARGETS: web_targets(instances),
               # The Sentinels have no password: an AUTH would fail their scrape.
               "redis-passwords.json": json.dumps({target: password for name, target in
-                                                  redis_targets_docker(sentinel).items() if name.startswith("redis")})}
+                                                  redis_targets_docker(mode).items() if name.startswith("redis")})}
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         write_whole(out / name, text)

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,13 @@ from jsonschema import Draft7Validator
 
 from app.__main__ import KEEPALIVE_S
 from farmctl.config import APP_KEEPALIVE_S, PROJECT_ROOT, SENTINEL_MASTER, FarmConfig
+from farmctl.docker import DockerFarm
 from farmctl.docker.engine import compose_command
+from farmctl.docker.farm import cluster_roles
 from farmctl.docker.render import (
+    DOCKER_CLUSTER_CREATE,
+    DOCKER_CLUSTER_NODE_NAMES,
+    DOCKER_CLUSTER_NODES,
     DOCKER_INSTANCES,
     DOCKER_NGINX_STATUS_PORT,
     DOCKER_SENTINELS,
@@ -103,6 +109,14 @@ def depends_on(service: Service) -> dict[str, str]:
     return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
 
 
+def required(service: Service) -> dict[str, str]:
+    """depends_on without the dependencies compose leaves out when their profile is off (`required: false`)."""
+    deps = service.get("depends_on", {})
+    optional = {name for name, spec in deps.items() if isinstance(spec, dict) and spec.get("required") is False} \
+        if isinstance(deps, dict) else set()
+    return {name: condition for name, condition in depends_on(service).items() if name not in optional}
+
+
 def one_shot(services: dict[str, Service]) -> set[str]:
     """Services something waits on to exit 0: jobs, not daemons."""
     return {name for svc in services.values() for name, condition in depends_on(svc).items()
@@ -154,7 +168,7 @@ def test_refuse_compose_without_its_secrets() -> None:
 
 def test_declare_healthcheck_and_restart_on_every_long_lived_service(services: dict[str, Service]) -> None:
     jobs = one_shot(services)
-    assert jobs == {"farm-config"}
+    assert jobs == {"farm-config", DOCKER_CLUSTER_CREATE}
     daemons = {name: svc for name, svc in services.items() if name not in jobs}
     assert {"redis", "nginx", *WEB_SERVICES, "prometheus", *EXPORTERS} <= set(daemons)
     for name, svc in daemons.items():
@@ -188,7 +202,7 @@ def test_declare_web_environment_pointing_at_compose_redis(services: dict[str, S
     host = re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@([\w-]+):6379/\d+", env["REDIS_URL"])
     assert host is not None
     assert host.group(1) in services
-    assert depends_on(services[WEB_SERVICES[0]]) == {host.group(1): "service_healthy"}
+    assert required(services[WEB_SERVICES[0]]) == {host.group(1): "service_healthy"}
     # The crash button is opt-in (make up sets DEMO_CONTROLS=1); a plain `docker compose up` hides it.
     assert env["DEMO_CONTROLS"] in ("0", "${DEMO_CONTROLS:-0}")
 
@@ -491,3 +505,202 @@ def test_write_sentinel_config_once_and_accepted_by_redis(services: dict[str, Se
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+CLUSTER_NODES = list(DOCKER_CLUSTER_NODE_NAMES)
+CLUSTER_SCRIPT = PROJECT_ROOT / "farmctl" / "redis-cluster.sh"
+SECRETS = {"CSRF_SECRET": "x" * 32, "PROXY_SECRET": "p" * 32, "REDIS_PASSWORD": "r" * 32}
+
+
+def script_mount(service: Service) -> str:
+    """Where a service mounts farmctl/redis-cluster.sh (read-only), in the container."""
+    mounts = [str(v).split(":") for v in service.get("volumes", [])]
+    targets = [target for source, target, *mode in mounts
+               if (PROJECT_ROOT / source).resolve() == CLUSTER_SCRIPT and mode == ["ro"]]
+    assert len(targets) == 1, service.get("volumes")
+    return targets[0]
+
+
+def test_declare_cluster_profile_of_six_nodes_and_the_one_shot_that_makes_them_a_cluster(
+        services: dict[str, Service], compose: dict[str, Any]) -> None:
+    profiled = {name for name, svc in services.items() if "cluster" in svc.get("profiles", [])}
+    assert profiled == {*CLUSTER_NODES, DOCKER_CLUSTER_CREATE}
+    data = set()
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert command_argv(node) == ["sh", script_mount(node), "node"], name
+        # Announced by its service name, which every container of the store network resolves.
+        assert node["environment"]["NODE_HOSTNAME"] == name
+        assert node["environment"]["REDIS_PASSWORD"] == services["redis"]["environment"]["REDIS_PASSWORD"]
+        assert node["networks"] == ["store"]
+        assert node["user"] == "redis"
+        volume = next(str(v).split(":")[0] for v in node["volumes"] if str(v).endswith(":/data"))
+        assert volume in compose["volumes"]
+        data.add(volume)
+    assert len(data) == len(CLUSTER_NODES)  # nodes.conf and the AOF: one volume each
+    create = services[DOCKER_CLUSTER_CREATE]
+    assert command_argv(create) == ["sh", script_mount(create), "create"]
+    assert create["environment"]["CLUSTER_NODES"] == DOCKER_CLUSTER_NODES
+    assert [address.split(":")[0] for address in DOCKER_CLUSTER_NODES.split(",")] == CLUSTER_NODES
+    assert depends_on(create) == dict.fromkeys(CLUSTER_NODES, "service_healthy")
+
+
+def test_name_the_cluster_services_as_the_farm_names_its_nodes() -> None:
+    """What a farm is asked of a node by name (kill, pause, its port) reaches that service."""
+    config = FarmConfig(redis_mode="cluster")
+    assert list(config.redis_nodes) == CLUSTER_NODES
+    override = compose_override(config, COMPOSE_FILE)["services"]
+    assert [override[name]["ports"] for name in CLUSTER_NODES] == \
+        [[f"127.0.0.1:{port}:6379"] for port in config.redis_nodes.values()]
+
+
+def test_declare_web_cluster_nodes_waiting_for_the_cluster_only_with_its_profile(services: dict[str, Service]) -> None:
+    for name in WEB_SERVICES:
+        web = services[name]
+        # Empty by default (a single Redis); farmctl sets it with REDIS=cluster.
+        assert web["environment"]["REDIS_CLUSTER_NODES"] == "${REDIS_CLUSTER_NODES:-}"
+        assert web["depends_on"][DOCKER_CLUSTER_CREATE] == {"condition": "service_completed_successfully",
+                                                            "required": False}
+    assert services["farm-config"]["environment"]["REDIS_CLUSTER_NODES"] == "${REDIS_CLUSTER_NODES:-}"
+
+
+@pytest.mark.parametrize("mode", ["single", "sentinel", "cluster"])
+def test_docker_farm_turns_on_the_cluster_profile_with_redis_cluster(mode: str, tmp_path: Path) -> None:
+    farm = DockerFarm(FarmConfig(state_dir=tmp_path, redis_mode=mode))
+    env = farm._environment()
+    assert ("cluster" in farm._profiles()) == (mode == "cluster")
+    assert env["REDIS_CLUSTER_NODES"] == (DOCKER_CLUSTER_NODES if mode == "cluster" else "")
+    assert env["REDIS_SENTINELS"] == (DOCKER_SENTINELS if mode == "sentinel" else "")
+
+
+def test_validate_cluster_farm_with_docker_compose_and_the_spec_schema(tmp_path: Path) -> None:
+    """What `make up REDIS=cluster RUNTIME=docker` runs: compose.yaml, the farm's override and the
+    cluster profile, as Compose v2 merges them - and each file, and the merge, valid by the spec."""
+    ports = (16391, 16392, 16393, 16394, 16395, 16396)
+    farm = DockerFarm(FarmConfig(state_dir=tmp_path, redis_mode="cluster", cluster_ports=ports, prometheus_port=0))
+    files = farm._files()
+    profiles = [arg for profile in farm._profiles() for arg in ("--profile", profile)]
+    result = subprocess.run([*compose_command(), "--project-directory", str(PROJECT_ROOT), *files, *profiles,
+                             "config", "--format", "json"], capture_output=True, text=True, timeout=60, check=False,
+                            env={**farm._environment(), **SECRETS})
+    assert result.returncode == 0, result.stderr
+    merged = json.loads(result.stdout)
+    services = merged["services"]
+    # The cluster instead of the single Redis, whose volume and port are left alone.
+    assert "redis" not in services
+    assert not {"redis-replica", *SENTINELS} & set(services)
+    assert {*CLUSTER_NODES, DOCKER_CLUSTER_CREATE, *WEB_SERVICES, "nginx", "health", "farm-config"} <= set(services)
+    for name, port in zip(CLUSTER_NODES, ports, strict=True):
+        published = [(p["host_ip"], int(p["published"]), p["target"]) for p in services[name]["ports"]]
+        assert published == [("127.0.0.1", port, 6379)], name
+    for name in WEB_SERVICES:
+        env = services[name]["environment"]
+        assert env["REDIS_CLUSTER_NODES"] == DOCKER_CLUSTER_NODES
+        assert env["REDIS_SENTINELS"] == ""
+        assert services[name]["depends_on"][DOCKER_CLUSTER_CREATE]["condition"] == "service_completed_successfully"
+    if not COMPOSE_SCHEMA.is_file():
+        pytest.skip(f"the Compose Specification schema is not at {COMPOSE_SCHEMA}")
+    validator = Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    override = json.loads(Path(files[-1]).read_text())
+    for document in (override, merged):
+        assert [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)] == []
+
+
+def test_render_docker_monitoring_of_the_cluster_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-pw-for-the-test")
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", DOCKER_CLUSTER_NODES)
+    monkeypatch.delenv("REDIS_SENTINELS", raising=False)
+    render_docker(tmp_path, DOCKER_INSTANCES, "round_robin", "test-proxy-secret")
+    passwords = json.loads((tmp_path / "redis-passwords.json").read_text())
+    assert passwords == {f"redis://{name}:6379": "redis-pw-for-the-test" for name in CLUSTER_NODES}
+    prometheus = (tmp_path / "prometheus.yml").read_text()
+    assert all(f"redis://{name}:6379" in prometheus for name in CLUSTER_NODES)
+    assert "redis://redis:6379" not in prometheus  # farmctl runs no single Redis beside a cluster
+    assert "redis-pw" not in prometheus
+
+
+def run_node(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str], str]:
+    """`redis-cluster.sh node` with a stand-in redis-server that records its arguments and config file:
+    the script's exit, redis-server's argv and its config."""
+    bin_dir, data, scratch = tmp_path / "bin", tmp_path / "data", tmp_path / "tmp"
+    for directory in (bin_dir, data, scratch):
+        directory.mkdir(exist_ok=True)
+    (bin_dir / "redis-server").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\n'
+                                          f'cp "$1" {tmp_path}/conf\n')
+    (bin_dir / "redis-server").chmod(0o755)
+    (tmp_path / "argv").unlink(missing_ok=True)
+    done = subprocess.run(["sh", str(CLUSTER_SCRIPT), "node"], capture_output=True, text=True, timeout=30, check=False,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "DATA_DIR": str(data), "TMPDIR": str(scratch),
+                               "NODE_HOSTNAME": "redis-node3", **env})
+    argv = (tmp_path / "argv").read_text().splitlines() if (tmp_path / "argv").exists() else []
+    return done, argv, (tmp_path / "conf").read_text() if argv else ""
+
+
+def test_start_a_cluster_node_persistent_announcing_its_name_with_its_password_in_a_file(tmp_path: Path) -> None:
+    done, argv, conf = run_node(tmp_path, REDIS_PASSWORD="s3cret-pw")
+    assert done.returncode == 0, done.stderr
+    assert conf == "requirepass s3cret-pw\nmasterauth s3cret-pw\n"
+    assert "s3cret-pw" not in " ".join(argv)
+    assert option(argv, "--cluster-enabled") == "yes"
+    assert option(argv, "--cluster-announce-hostname") == "redis-node3"
+    assert option(argv, "--cluster-preferred-endpoint-type") == "hostname"
+    assert option(argv, "--cluster-node-timeout") == "2000"
+    # While one shard fails over, the others serve.
+    assert option(argv, "--cluster-require-full-coverage") == "no"
+    assert option(argv, "--dir") == str(tmp_path / "data")
+    assert option(argv, "--cluster-config-file") == "nodes.conf"
+    # As compose.yaml's `redis`.
+    expected = {"--appendonly": "yes", "--appendfsync": "everysec", "--maxmemory-policy": "noeviction"}
+    assert {name: option(argv, name) for name in expected} == expected
+    assert option(argv, "--maxmemory") == option(redis_argv(yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+                                                           ["redis"]), "--maxmemory")
+    # Without a password (k8s/'s nodes ask for none), protected mode would refuse every other pod.
+    (tmp_path / "open").mkdir()
+    assert run_node(tmp_path / "open")[2] == "protected-mode no\n"
+
+
+def test_start_a_cluster_node_with_its_peers_at_the_addresses_their_names_have_now(tmp_path: Path) -> None:
+    """A node created again (make down/up, a rescheduled pod) finds peers that came back at other addresses."""
+    (tmp_path / "data").mkdir()
+    nodes_conf = tmp_path / "data" / "nodes.conf"
+    lines = ["a1 10.9.9.1:6379@16379,localhost myself,master - 0 0 1 connected 0-8191",
+             "b2 10.9.9.2:6379@16379,no-such-node.invalid slave a1 0 0 1 connected",
+             "c3 10.9.9.3:6379@16379 master - 0 0 2 connected 8192-16383",
+             "vars currentEpoch 2 lastVoteEpoch 0"]
+    nodes_conf.write_text("\n".join(lines) + "\n")
+    done, argv, _ = run_node(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert argv
+    address = subprocess.run(["getent", "hosts", "localhost"], capture_output=True, text=True,
+                             check=True).stdout.split()[0]
+    assert nodes_conf.read_text().splitlines() == [lines[0].replace("10.9.9.1", address), *lines[1:]]
+
+
+def test_restart_a_cluster_node_only_after_the_cluster_failed_it_over(tmp_path: Path) -> None:
+    """Started again in the same container: it waits three node timeouts (its replica promoted
+    meanwhile) - and a stop during the wait ends it at once, never starting Redis."""
+    started = time.monotonic()
+    assert run_node(tmp_path, NODE_TIMEOUT_MS="400")[1]
+    first = time.monotonic() - started
+    started = time.monotonic()
+    done, argv, _ = run_node(tmp_path, NODE_TIMEOUT_MS="400")
+    assert argv
+    assert "waiting 1 s for the cluster to fail it over" in done.stdout
+    assert first < 1 <= time.monotonic() - started
+    waiting = subprocess.Popen(["sh", str(CLUSTER_SCRIPT), "node"], stdout=subprocess.DEVNULL,
+                               env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "DATA_DIR": str(tmp_path / "data"),
+                                    "TMPDIR": str(tmp_path / "tmp"), "NODE_HOSTNAME": "redis-node3",
+                                    "NODE_TIMEOUT_MS": "20000"})
+    time.sleep(0.3)
+    (tmp_path / "argv").unlink()
+    waiting.terminate()
+    assert waiting.wait(5) == 0
+    assert not (tmp_path / "argv").exists()
+
+
+def test_read_cluster_roles_by_node_name() -> None:
+    text = ("a1 172.18.0.2:6379@16379,redis-node1 myself,master - 0 0 1 connected 0-5460 5462\n"
+            "b2 172.18.0.3:6379@16379,redis-node4 slave a1 0 1 1 connected\n"
+            "c3 172.18.0.4:6379@16379,redis-node2 master,fail - 0 1 2 disconnected 5461\n")
+    assert cluster_roles(text) == {"redis-node1": "primary, 5462 slots", "redis-node4": "replica of redis-node1",
+                                   "redis-node2": "down"}

@@ -25,7 +25,7 @@ def test_from_env_empty_variables_keep_the_defaults(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("bad", [{"instances": 0}, {"balance": "random"}, {"session_backend": "disk"},
-                                 {"redis_mode": "cluster"}, {"sentinel_ports": (1, 2)}])
+                                 {"redis_mode": "raft"}, {"sentinel_ports": (1, 2)}, {"cluster_ports": (1, 2, 3)}])
 def test_config_refuses_what_no_farm_can_be(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         FarmConfig(**bad)  # type: ignore[arg-type]

@@ -537,3 +537,192 @@ def test_nginx_serves_stub_status_only_on_loopback(workloads: dict[str, Obj]) ->
     assert others
     assert not [listen for listen in others if listen.endswith(f":{port}")], others
     assert int(port) not in pod_ports(workloads["balancer"])
+
+
+# k8s/cluster/: the same farm with its sessions on a Redis Cluster (six nodes, three primaries).
+CLUSTER_DIR = K8S_DIR / "cluster"
+CLUSTER_SCRIPT = PROJECT_ROOT / "farmctl" / "redis-cluster.sh"
+CLUSTER_COMPONENTS = ("balancer", "web", "redis", "redis-cluster-create")
+#: (from, to, port) on a cluster: the nodes reach each other on the client port (replication) and the
+#: cluster bus; the Job that makes the cluster reaches their client port; no Sentinel anywhere.
+CLUSTER_FLOWS = {
+    ("balancer", "web", 8000),
+    ("web", "redis", 6379),
+    ("redis", "redis", 6379), ("redis", "redis", 16379),
+    ("redis-cluster-create", "redis", 6379),
+    ("monitoring", "balancer", 8080), ("monitoring", "web", 8000), ("monitoring", "balancer", 9113),
+    ("monitoring", "redis", 9121),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`kubectl kustomize k8s/cluster/`, what `kubectl apply -k k8s/cluster/` would send."""
+    result = run(tool("kubectl"), "kustomize", CLUSTER_DIR)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path_factory.mktemp("k8s-cluster") / "webfarm-cluster.yaml"
+    path.write_text(result.stdout)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster_objects(cluster_rendered: Path) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(cluster_rendered.read_text()) if doc]
+
+
+@pytest.fixture(scope="module")
+def cluster_workloads(cluster_objects: list[Obj]) -> dict[str, Obj]:
+    """The pod-owning objects of the cluster overlay (the Job's too), by component."""
+    found = {o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: o
+             for o in cluster_objects if o["kind"] in ("Deployment", "StatefulSet", "Job")}
+    assert set(found) == set(CLUSTER_COMPONENTS)
+    return found
+
+
+def test_kustomize_renders_the_farm_on_a_redis_cluster_without_sentinels(
+        objects: list[Obj], cluster_objects: list[Obj], cluster_workloads: dict[str, Obj]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in cluster_objects}
+    assert {("Namespace", "webfarm"), ("Deployment", "web"), ("Deployment", "balancer"), ("StatefulSet", "redis"),
+            ("Job", "redis-cluster-create"), ("Service", "redis"), ("PodDisruptionBudget", "redis"),
+            ("HorizontalPodAutoscaler", "web"), ("Service", "webfarm")} <= kinds
+    assert not [name for _, name in kinds if "sentinel" in name]
+    assert all(o["metadata"].get("namespace") == "webfarm" for o in cluster_objects if o["kind"] != "Namespace")
+    assert all(o["metadata"]["labels"].get("app.kubernetes.io/part-of") == "webfarm" for o in cluster_objects)
+    # The rest of the farm as k8s/ deploys it: the balancer the same, the web pods but for their settings.
+    base = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+    def settings_unnamed(deployment: Obj) -> Obj:
+        copy: Obj = json.loads(json.dumps(deployment))
+        copy["spec"]["template"]["spec"]["containers"][0]["envFrom"] = []
+        return copy
+
+    assert cluster_workloads["balancer"] == base[("Deployment", "balancer")]
+    assert settings_unnamed(cluster_workloads["web"]) == settings_unnamed(base[("Deployment", "web")])
+    assert [o for o in cluster_objects if o["kind"] == "HorizontalPodAutoscaler"] == \
+        [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+def test_validate_strict_accepts_every_object_of_the_cluster_overlay(cluster_rendered: Path,
+                                                                     cluster_objects: list[Obj]) -> None:
+    result = run(tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, cluster_rendered)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(cluster_objects), result.stdout
+
+
+def test_checkov_finds_no_failed_check_in_the_cluster_overlay(cluster_rendered: Path) -> None:
+    report = checkov(cluster_rendered)
+    failed = [(check["check_id"], check["resource"]) for check in report["results"]["failed_checks"]]
+    assert failed == [], failed
+    assert report["summary"]["passed"] > 100
+    skipped = report["results"]["skipped_checks"]
+    assert {check["check_id"] for check in skipped} <= ALLOWED_SKIPS
+    assert all(len(check["check_result"]["suppress_comment"]) > 20 for check in skipped)
+
+
+def test_cluster_overlay_runs_the_image_k8s_runs() -> None:
+    """kustomize refuses to build k8s/cluster/ on k8s/ (its parent): the image is set in both."""
+    images = [yaml.safe_load((directory / "kustomization.yaml").read_text())["images"]
+              for directory in (K8S_DIR, CLUSTER_DIR)]
+    assert images[0] == images[1]
+
+
+def test_cluster_nodes_run_the_script_compose_runs(cluster_objects: list[Obj],
+                                                   cluster_workloads: dict[str, Obj]) -> None:
+    copy = CLUSTER_DIR / "redis" / CLUSTER_SCRIPT.name
+    assert copy.read_text() == CLUSTER_SCRIPT.read_text(), \
+        f"{copy.relative_to(PROJECT_ROOT)} is stale: cp {CLUSTER_SCRIPT.relative_to(PROJECT_ROOT)} {copy.parent}/"
+    scripts = config_map(cluster_objects, "webfarm-redis")
+    assert scripts["data"] == {CLUSTER_SCRIPT.name: CLUSTER_SCRIPT.read_text()}
+    for component, mode in (("redis", "node"), ("redis-cluster-create", "create")):
+        pod = cluster_workloads[component]["spec"]["template"]["spec"]
+        container = next(containers(cluster_workloads[component], init=False))
+        mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "scripts")
+        assert container["command"] == ["sh", f"{mount}/{CLUSTER_SCRIPT.name}", mode], component
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["scripts"]["configMap"]["name"] == scripts["metadata"]["name"], component
+
+
+def test_cluster_nodes_announce_their_stable_names_and_keep_their_state_on_volumes(
+        cluster_workloads: dict[str, Obj], find: Callable[[str, str], Obj], cluster_objects: list[Obj]) -> None:
+    nodes = cluster_workloads["redis"]
+    assert nodes["spec"]["replicas"] == 6
+    assert nodes["spec"]["podManagementPolicy"] == "Parallel"  # all answer before the Job makes the cluster
+    service = next(o for o in cluster_objects if o["kind"] == "Service" and o["metadata"]["name"] ==
+                   nodes["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    redis = next(containers(nodes, init=False))
+    env = {e["name"]: e for e in redis["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # redis-N.redis: the pod's DNS name under the headless Service, resolvable from every pod of the namespace.
+    assert env["NODE_HOSTNAME"]["value"] == f"$(POD_NAME).{service['metadata']['name']}"
+    assert list(env).index("POD_NAME") < list(env).index("NODE_HOSTNAME")  # $(VAR) sees earlier variables only
+    assert "REDIS_PASSWORD" not in env  # as the base's nodes: the NetworkPolicies are the gate
+    assert {p["name"]: p["containerPort"] for p in redis["ports"]} == {"redis": 6379, "cluster-bus": 16379}
+    mounts = {m["mountPath"]: m["name"] for m in redis["volumeMounts"]}
+    assert mounts["/data"] == nodes["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]  # nodes.conf, AOF
+    volumes = {v["name"]: v for v in nodes["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]  # lives as long as the pod: a restart in it is seen
+    assert "cluster_state:ok" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert find("PodDisruptionBudget", "redis")["spec"]["maxUnavailable"] == 1
+
+
+def test_web_pods_and_the_job_name_every_cluster_node(cluster_objects: list[Obj],
+                                                      cluster_workloads: dict[str, Obj]) -> None:
+    settings = config_map(cluster_objects, "webfarm")
+    web = next(containers(cluster_workloads["web"], init=False))
+    assert web["envFrom"] == [{"configMapRef": {"name": settings["metadata"]["name"]}}]
+    nodes = cluster_workloads["redis"]
+    name, service, port = nodes["metadata"]["name"], nodes["spec"]["serviceName"], container_port_named(nodes, "redis")
+    assert settings["data"]["REDIS_CLUSTER_NODES"].split(",") == [
+        f"{name}-{i}.{service}:{port}" for i in range(nodes["spec"]["replicas"])]
+    assert settings["data"]["REDIS_SENTINELS"] == ""  # the app refuses both topologies at once
+    assert "REDIS_URL" not in settings["data"]
+    job = cluster_workloads["redis-cluster-create"]
+    env = {e["name"]: e for e in next(containers(job, init=False))["env"]}
+    assert env["CLUSTER_NODES"]["valueFrom"] == {"configMapKeyRef": {"name": settings["metadata"]["name"],
+                                                                     "key": "REDIS_CLUSTER_NODES"}}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert job["spec"]["backoffLimit"] >= 1
+
+
+def container_port_named(workload: Obj, name: str) -> int:
+    return int(next(p["containerPort"] for c in containers(workload, init=False) for p in c.get("ports", [])
+                    if p.get("name") == name))
+
+
+def test_every_cluster_pod_runs_unprivileged_on_a_read_only_root(cluster_workloads: dict[str, Obj]) -> None:
+    for component, workload in cluster_workloads.items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, component
+        assert pod["securityContext"]["runAsUser"] >= 10000, component
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, component
+        assert pod["automountServiceAccountToken"] is False, component
+        for container in containers(workload):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, container["name"]
+            assert context["allowPrivilegeEscalation"] is False, container["name"]
+            assert context["capabilities"] == {"drop": ["ALL"]}, container["name"]
+            assert set(container["resources"]["requests"]) == set(container["resources"]["limits"]) \
+                == {"cpu", "memory"}, container["name"]
+
+
+def test_network_policies_allow_exactly_the_cluster_farm_s_connections(cluster_objects: list[Obj],
+                                                                        cluster_workloads: dict[str, Obj]) -> None:
+    policies = [o for o in cluster_objects if o["kind"] == "NetworkPolicy"]
+    pods: dict[str, Pod] = {c: (w["metadata"]["namespace"], w["spec"]["template"]["metadata"]["labels"])
+                            for c, w in cluster_workloads.items()}
+    pods["monitoring"] = (MONITORING_NAMESPACE, {"app.kubernetes.io/name": "prometheus"})
+    ports = set().union(*(pod_ports(w) for w in cluster_workloads.values()))
+    assert 16379 in ports
+    for source in pods:
+        for target in CLUSTER_COMPONENTS:
+            for port in ports:
+                assert flow(policies, pods[source], pods[target], port) == ((source, target, port) in CLUSTER_FLOWS), \
+                    (source, target, port)
+    front_door = ("balancer", container_port(cluster_workloads["balancer"]))
+    for outsider in (None, ("default", {"app.kubernetes.io/name": "prometheus"})):
+        for target in CLUSTER_COMPONENTS:
+            for port in ports:
+                assert allowed(policies, "ingress", pods[target], outsider, port) == ((target, port) == front_door), \
+                    (outsider, target, port)

@@ -12,8 +12,11 @@ for sentinel in sentinel-0.sentinel sentinel-1.sentinel sentinel-2.sentinel; do
     [ -n "$primary" ] && break
 done
 [ -n "$primary" ] || primary="redis-0.redis"
+# --protected-mode no: without a password Redis 7 refuses every client that is not on loopback (the
+# image's entrypoint turns it off, and a pod's `command:` skips the entrypoint); the NetworkPolicies
+# are the gate, as in k8s/cluster/.
 set -- --port 6379 --dir /data --appendonly yes --appendfsync everysec --replica-announce-ip "$self" \
-    --maxmemory 256mb --maxmemory-policy noeviction
+    --maxmemory 256mb --maxmemory-policy noeviction --protected-mode no
 if [ "$primary" != "$self" ]; then
     set -- "$@" --replicaof "$primary" 6379
 fi
