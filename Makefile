@@ -30,7 +30,7 @@ $(K8S_VENV)/.installed: k8s/requirements.lock
 prereqs:
 	@farmctl/prereqs.sh nginx redis-server prometheus prometheus-nginx-exporter prometheus-redis-exporter
 
-up: prereqs $(VENV)/.installed ## start the farm (N=3; DEMO_CONTROLS=1, the default: the crash button and the live console; REDIS=sentinel for HA Redis)
+up: prereqs $(VENV)/.installed ## start the farm (N=3; DEMO_CONTROLS=1, the default: the crash button and the live console; REDIS=sentinel for HA Redis, REDIS=cluster for a Redis Cluster)
 	@DEMO_CONTROLS=$${DEMO_CONTROLS:-1} $(PY) -m farmctl up
 
 down: $(VENV)/.installed ## stop the farm and free its ports
@@ -64,7 +64,7 @@ test: $(K8S_VENV)/.installed ## install what is missing, lint, then every test a
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
 
-loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3 CHAOS=instances|redis|hang|redis-stall|partition|storm|mixed)
+loadtest: prereqs $(VENV)/.installed ## Locust + chaos through the balancer (USERS=50 DURATION=2m KILL_EVERY=15 N=3 REDIS=sentinel|cluster CHAOS=instances|redis|hang|redis-stall|partition|storm|mixed)
 	@farmctl/prereqs.sh iptables  # CHAOS=partition cuts an instance off with it
 	$(PY) -m loadtest run
 

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # Imported here: the Docker image renders its configs above, and has no supervisor nor psutil.
     from farmctl.lifecycle import open_farm
-    from farmctl.native.farm import NativeFarm
 
     try:
         farm = open_farm(FarmConfig.from_env(), args.runtime)
@@ -64,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'NAME':{width}} {'PORT':>6} {'PID':>8}  STATE")
             for row in rows:
                 print("{:{w}} {:>6} {:>8}  {}".format(*row, w=width))
-            if farm.config.cluster and isinstance(farm, NativeFarm) and farm.is_running():
+            if farm.config.cluster and (roles := farm.cluster_roles()):
                 print("\nthe Redis Cluster, as its nodes see it:")
-                for name, node in farm.cluster_nodes().items():
-                    print(f"{name:{width}} {node.port:>6}  {node.describe()}")
+                for name, role in roles.items():
+                    print(f"{name:{width}} {farm.config.redis_nodes.get(name, 0):>6}  {role}")
             if unsupervised := [s for s in statuses if s.state == UNSUPERVISED]:
                 print(f"farmctl: supervisord is not running, but {len(unsupervised)} of the farm's processes are: "
                       "nothing restarts them if they die. `make down` stops them; `make up` starts the farm "

@@ -107,6 +107,10 @@ class Farm(Protocol):
         """The Redis node that is primary now (a name of `config.redis_nodes`); None while the
         Sentinels disagree or are down. `Capability.REDIS_FAILOVER`."""
 
+    def cluster_roles(self) -> dict[str, str]:
+        """REDIS=cluster: each node's role as the cluster sees it ("primary, 5461 slots", "replica of
+        redis-node1", "down"), by node name; {} without a cluster, or when no node answers."""
+
     def failover_ready(self) -> bool:
         """A SIGKILL of the primary now would end in a failover (a replica in sync, every Sentinel in
         agreement). `Capability.REDIS_FAILOVER`."""

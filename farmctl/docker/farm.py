@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from farmctl import clusternodes
 from farmctl.config import PROJECT_ROOT, FarmConfig
 from farmctl.docker import console
 from farmctl.docker.engine import compose_command
@@ -372,24 +373,9 @@ class DockerFarm:
         return self._compose("logs", "--no-log-prefix", "--tail", str(lines), name, capture=True)
 
 
-def cluster_roles(nodes: str) -> dict[str, str]:
-    """CLUSTER NODES' lines (`id ip:port@bus,hostname flags primary-id ping pong epoch link slots...`) as
-    hostname -> "primary, N slots", "replica of NAME" or "down" (as farmctl.native.cluster describes
-    a node; under Docker every node listens on the same port, so they are told apart by name)."""
-    rows = [line.split() for line in nodes.splitlines() if line.strip()]
-    names = {row[0]: row[1].partition(",")[2] or row[1] for row in rows}
-    roles = {}
-    for row in rows:
-        flags = row[2].split(",")
-        if "fail" in flags or "fail?" in flags or (row[7] != "connected" and "myself" not in flags):
-            roles[names[row[0]]] = "down"
-        elif "master" in flags:
-            roles[names[row[0]]] = f"primary, {sum(_slot_count(r) for r in row[8:] if not r.startswith('['))} slots"
-        else:
-            roles[names[row[0]]] = f"replica of {names.get(row[3], row[3])}"
-    return roles
-
-
-def _slot_count(text: str) -> int:
-    low, _, high = text.partition("-")
-    return int(high or low) - int(low) + 1
+def cluster_roles(text: str) -> dict[str, str]:
+    """CLUSTER NODES as hostname -> "primary, N slots", "replica of NAME" or "down" (under Docker every
+    node listens on the same port, so they are told apart by the name each announces)."""
+    nodes = clusternodes.parse(text)
+    names = {node.id: node.hostname or str(node.port) for node in nodes}
+    return {names[node.id]: clusternodes.describe(node, names) for node in nodes}

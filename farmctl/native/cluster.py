@@ -8,12 +8,12 @@ the replica of the one promoted in its place."""
 import shutil
 import subprocess
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from farmctl.clusternodes import Node, parse
 from farmctl.runtime import FarmError
 from farmctl.wait import wait_until
 
@@ -39,49 +39,17 @@ def _client(port: int, password: str = "") -> redis.Redis:
                        retry=Retry(NoBackoff(), 0), decode_responses=True)
 
 
-@dataclass(frozen=True)
-class Node:
-    port: int
-    role: str  # "primary", "replica", or "down"
-    slots: int  # how many slots it serves (a primary), 0 otherwise
-    primary_port: int | None = None  # a replica's primary
-
-    def describe(self) -> str:
-        if self.role == "primary":
-            return f"primary, {self.slots} slots"
-        return f"replica of {self.primary_port}" if self.role == "replica" else "down"
-
-
 def nodes(ports: Collection[int], password: str = "") -> dict[int, Node]:
-    """Each node as the cluster sees it, asked of the first node that answers; ports it does not
-    list as connected are down."""
+    """Each node as the cluster sees it, asked of the first node that answers (by port); a port it
+    does not list as connected is down."""
     for port in ports:
         try:
             with _client(port, password) as client:
-                text = str(client.execute_command("CLUSTER", "NODES"))
+                found = {node.port: node for node in parse(str(client.execute_command("CLUSTER", "NODES")))}
         except redis.RedisError:
             continue
-        found: dict[int, Node] = {}
-        ids = {}
-        rows = [line.split() for line in text.splitlines() if line.strip()]
-        for row in rows:
-            ids[row[0]] = int(row[1].split("@")[0].rsplit(":", 1)[1])
-        for row in rows:
-            node_port, flags = ids[row[0]], row[2].split(",")
-            slots = sum(_slot_count(r) for r in row[8:] if not r.startswith("["))
-            if "fail" in flags or "fail?" in flags or (row[7] != "connected" and "myself" not in flags):
-                found[node_port] = Node(node_port, "down", 0)
-            elif "master" in flags:
-                found[node_port] = Node(node_port, "primary", slots)
-            else:
-                found[node_port] = Node(node_port, "replica", 0, ids.get(row[3]))
-        return {port: found.get(port, Node(port, "down", 0)) for port in ports}
-    return {port: Node(port, "down", 0) for port in ports}
-
-
-def _slot_count(text: str) -> int:
-    low, _, high = text.partition("-")
-    return int(high or low) - int(low) + 1
+        return {p: found.get(p, Node("", p, "", "down", 0)) for p in ports}
+    return {p: Node("", p, "", "down", 0) for p in ports}
 
 
 def healthy(ports: Collection[int], primaries: int = 3, password: str = "") -> bool:
@@ -95,9 +63,9 @@ def healthy(ports: Collection[int], primaries: int = 3, password: str = "") -> b
         except redis.RedisError:
             return False
     seen = nodes(ports, password)
-    serving = [n for n in seen.values() if n.role == "primary" and n.slots]
-    covered = {n.primary_port for n in seen.values() if n.role == "replica"}
-    return len(serving) == primaries and all(n.port in covered for n in serving) and \
+    serving = [n for n in seen.values() if n.serving]
+    covered = {n.primary for n in seen.values() if n.role == "replica"}
+    return len(serving) == primaries and all(n.id in covered for n in serving) and \
         sum(n.slots for n in serving) == SLOTS
 
 
@@ -140,16 +108,14 @@ def still_serving(port: int, peers: Collection[int]) -> bool | None:
                 text = str(client.execute_command("CLUSTER", "NODES"))
         except redis.RedisError:
             continue
-        for row in (line.split() for line in text.splitlines() if line.strip()):
-            if int(row[1].split("@")[0].rsplit(":", 1)[1]) == port:
-                return "master" in row[2].split(",") and any(not r.startswith("[") for r in row[8:])
-        return False
+        # Down or not, a primary holds its slots until its replica has taken them.
+        return any(n.port == port and n.slots > 0 for n in parse(text))
     return None
 
 
 def primaries(ports: Collection[int], password: str = "") -> list[int]:
     """The ports of the primaries that serve slots now."""
-    return sorted(n.port for n in nodes(ports, password).values() if n.role == "primary" and n.slots)
+    return sorted(n.port for n in nodes(ports, password).values() if n.serving)
 
 
 def primary_of_slot(ports: Collection[int], slot: int, password: str = "") -> int | None:

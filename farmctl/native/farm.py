@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from farmctl import clusternodes
 from farmctl.config import FarmConfig
 from farmctl.native import cluster, netfault, redis_ha, rotation
 from farmctl.native.render import render_nginx_native, write_configs
@@ -239,16 +240,20 @@ class NativeFarm:
         if self.config.cluster:
             ports = self.config.cluster_ports
             nodes = cluster.nodes(ports, self.config.redis_password)
-            serving = sorted(n.port for n in nodes.values() if n.role == "primary" and n.slots)
+            serving = sorted(n.port for n in nodes.values() if n.serving)
             if not serving or sum(nodes[p].slots for p in serving) < cluster.SLOTS:
                 return None
             return f"redis-node{ports.index(serving[0]) + 1}"
         return redis_ha.primary_name(self.config) if self.config.sentinel else next(iter(self.config.redis_nodes))
 
-    def cluster_nodes(self) -> dict[str, cluster.Node]:
-        """REDIS=cluster: each node's role and slots, as the cluster sees them."""
+    def cluster_roles(self) -> dict[str, str]:
+        """REDIS=cluster: each node's role ("primary, 5461 slots", "replica of redis-node1", "down"),
+        as the cluster sees it."""
+        if not self.config.cluster:
+            return {}
         nodes = cluster.nodes(self.config.cluster_ports, self.config.redis_password)
-        return {name: nodes[port] for name, port in self.config.redis_nodes.items()}
+        names = {nodes[port].id: name for name, port in self.config.redis_nodes.items()}
+        return {name: clusternodes.describe(nodes[port], names) for name, port in self.config.redis_nodes.items()}
 
     def failover_ready(self) -> bool:
         if self.config.cluster:

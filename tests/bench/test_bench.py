@@ -24,10 +24,12 @@ CONFIGURATIONS = {
     "direct-near-m0/me", "direct-exact-m0/me",  # METRICS=0: what the metrics cost
     # the floors (bench/floors.py), direct and through nginx
     "direct-floor-bare/me", "direct-floor-1rt/me", "floor-bare-nginx-2/me", "floor-1rt-nginx-2/me",
+    # exact mode on a Redis Cluster, direct and through nginx
+    "direct-cluster/me", "cluster-nginx-2/me",
 }
 #: Measured open loop at a fixed rate as well.
 FIXED_RATE = {"direct/healthz", "direct-near/me", "direct-exact/me", "starsessions/me", "redis-getset/me",
-              "starlette-cookie/me", "nginx-2/me", "exact-nginx-2/me"}
+              "starlette-cookie/me", "nginx-2/me", "exact-nginx-2/me", "direct-cluster/me"}
 
 
 def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -> None:
@@ -59,7 +61,12 @@ def test_bench_tiny_run_reports_every_configuration_and_metric(tmp_path: Path) -
     assert results["nginx-2/healthz"].redis_commands_total < 0.1
     assert results["exact-nginx-2/healthz"].redis_commands_total < 0.1
     assert set(summary.redis_background_per_s) == {"near", "exact", "memory", "near-m0", "exact-m0", "floor-bare",
-                                                    "floor-1rt"}
+                                                    "floor-1rt", "cluster"}
+    # On the cluster too, one script per request (counted on its primaries), as on one Redis.
+    for key in ("direct-cluster/me", "cluster-nginx-2/me", "direct-exact/me"):
+        assert results[key].redis_scripts_per_request == pytest.approx(1, abs=0.1), key
+    assert set(summary.cluster_vs_single) == {"direct", "nginx"}
+    assert all(ratio > 0 for ratio in summary.cluster_vs_single.values())
     # The floors: the bare one asks Redis nothing, the other one script per request.
     assert results["direct-floor-bare/me"].redis_commands_total < 0.1
     assert results["floor-1rt-nginx-2/me"].redis_scripts_per_request == pytest.approx(1, abs=0.1)
