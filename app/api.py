@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app import redis_client
 from app.config import Settings
 from app.deps import (
     Admitted,
@@ -73,13 +74,18 @@ state_changing = APIRouter(dependencies=[Explained, Depends(same_origin)], respo
 
 async def store_state(redis: Redis, settings: Settings) -> StoreState:
     """Whether the store takes writes, by writing: a PING would not tell a full Redis (it answers
-    PONG) and fails on one that cannot persist (MISCONF), so it would tell neither."""
+    PONG) and fails on one that cannot persist (MISCONF), so it would tell neither. On a cluster the
+    key is in one shard: while that shard fails over, this instance still reaches the others, and is
+    as ready as every other instance (the failing shard's users get 503 from any of them); only an
+    instance that no primary answers is not."""
     try:
         await redis.set(f"{settings.key_prefix}:ready:{settings.instance_name}", 1, px=10_000)
     except RedisError as exc:
-        if (state := refusal(exc)) is None:
-            raise
-        return state
+        if (state := refusal(exc)) is not None:
+            return state
+        if redis_client.is_cluster(redis) and await redis_client.a_primary_answers(redis):
+            return StoreState.OK
+        raise
     return StoreState.OK
 
 

@@ -37,7 +37,8 @@ the primary of the invalidation channel's slot (sharded pub/sub: SPUBLISH goes t
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -67,6 +68,26 @@ log = logging.getLogger("webfarm")
 
 #: A Redis node's (host, port).
 Address = tuple[str, int]
+
+
+@contextmanager
+def closed_transport_is_a_connection_error() -> Iterator[None]:
+    """A write on a connection that its Redis closed meanwhile (it died, or was killed) leaks the event
+    loop's own error instead of a ConnectionError: uvloop's RuntimeError "the handler is closed", or
+    an AttributeError or TypeError on the transport's torn-down internals (redis-py #4287: 8.1.0,
+    all loops). None is a RedisError, so the app would answer it 500 - seen here under a primary's
+    SIGKILL on a cluster. Nothing was sent: it is a connection error (503, and resent where a
+    connection error is). Only those messages: any other such error is a bug, and stays one."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "closed" not in str(exc):
+            raise
+        raise RedisConnectionError(f"connection to Redis closed: {exc}") from exc
+    except (AttributeError, TypeError) as exc:
+        if "'NoneType' object" not in str(exc):
+            raise
+        raise RedisConnectionError(f"connection to Redis closed: {type(exc).__name__}: {exc}") from exc
 
 
 class TimedPool(BlockingConnectionPool):
@@ -188,6 +209,22 @@ class BoundedCluster(RedisCluster):
     def __init__(self, turns: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.turns = asyncio.Semaphore(turns)
+        self._closing = False
+
+    async def aclose(self) -> None:
+        """redis-py calls this itself on CLUSTERDOWN (while a shard fails over, its slots answer it),
+        and it closes every connection of the client, those of commands in flight on the healthy
+        shards too: they failed, one with uvloop's RuntimeError on a closed transport, a 500. Here it
+        only makes the next command ask the cluster for its slots again; `close_all` closes."""
+        if self._closing:
+            await super().aclose()
+        else:
+            self._initialize = True  # redis-py's own flag: initialize() at the next command
+
+    async def close_all(self) -> None:
+        """Close every connection (the instance is stopping)."""
+        self._closing = True
+        await super().aclose()
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         """As redis-py's, but a cluster that cannot be reached (no node answers, the slots not all
@@ -202,7 +239,8 @@ class BoundedCluster(RedisCluster):
         started = time.perf_counter()
         async with self.turns:
             REDIS_POOL_WAIT.observe(time.perf_counter() - started)
-            return await super().execute_command(*args, **kwargs)
+            with closed_transport_is_a_connection_error():
+                return await super().execute_command(*args, **kwargs)
 
 
 def _connect_cluster(settings: Settings) -> Redis:
@@ -217,6 +255,9 @@ def _connect_cluster(settings: Settings) -> Redis:
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         retry=Retry(NoBackoff(), 0),
+        # While a shard fails over, its slots may be missing from the map the client asks for: the
+        # others' are still good (the nodes run with cluster-require-full-coverage no, too).
+        require_full_coverage=False,
         # A MOVED patches the client's slot map, and that is all: every few MOVED, redis-py would
         # instead close every connection of the client, those of commands in flight too, which then
         # fail - a reshard under load would fail requests. (A node that is gone is a connection
@@ -239,6 +280,14 @@ def primary_of(cluster: RedisCluster, key: str) -> ClusterNode:
 def address_in(cluster: RedisCluster, key: str) -> Address:
     node = primary_of(cluster, key)
     return node.host, int(node.port)
+
+
+async def a_primary_answers(redis: Redis) -> bool:
+    """On a cluster: whether any primary answers a PING now (each asked on its own, at once)."""
+    cluster = cast(RedisCluster, redis)
+    answers = await asyncio.gather(*(cluster.execute_command("PING", target_nodes=node)
+                                     for node in cluster.get_primaries()), return_exceptions=True)
+    return any(answer is True for answer in answers)
 
 
 def is_cluster(redis: Redis) -> bool:
@@ -272,8 +321,9 @@ async def acknowledged(redis: Redis, script: AsyncScript, keys: Sequence[str], a
     node = primary_of(cast(RedisCluster, redis), keys[0])
     connection = node.acquire_connection()
     try:
-        await connection.send_packed_command(connection.pack_commands(
-            [("EVAL", script.script, len(keys), *keys, *args), ("WAIT", replicas, timeout_ms)]))
+        with closed_transport_is_a_connection_error():
+            await connection.send_packed_command(connection.pack_commands(
+                [("EVAL", script.script, len(keys), *keys, *args), ("WAIT", replicas, timeout_ms)]))
         replies: list[Any] = []
         for _ in range(2):  # both replies are read, whatever the first says
             try:
@@ -340,6 +390,9 @@ def address_of(connection: AbstractConnection) -> Address:
 
 
 async def close(redis: Redis) -> None:
+    if isinstance(redis, BoundedCluster):
+        await redis.close_all()
+        return
     await redis.aclose()
     if not is_cluster(redis) and isinstance(redis.connection_pool, FailoverPool):
         await redis.connection_pool.sentinel_manager.aclose()
@@ -386,7 +439,8 @@ class Lane:
             try:
                 if not conn.is_connected:
                     await conn.connect()  # type: ignore[no-untyped-call]  # not left to send_command: behind Sentinel this asks for the primary
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                with closed_transport_is_a_connection_error():
+                    await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 reply = await conn.read_response()
             except NoScriptError:
                 self.idle.append(conn)

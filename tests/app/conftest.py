@@ -7,14 +7,14 @@ import pytest
 from redis.asyncio import Redis
 
 from app.config import Settings
-from app.redis_client import connect_redis
+from app.redis_client import close, connect_redis
 
 
 @pytest.fixture(params=["single", "cluster"])
 async def redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Redis]:
     client = connect_redis(settings_of(request, redis_url))
     yield client
-    await client.aclose()
+    await close(client)
 
 
 def settings_of(request: pytest.FixtureRequest, redis_url: str, **settings: object) -> Settings:

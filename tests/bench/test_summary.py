@@ -3,16 +3,21 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.report import chart, table
 from bench.summary import BenchSummary
 from farmctl.config import PROJECT_ROOT
 
 COMMITTED = PROJECT_ROOT / "docs" / "bench-summary.json"
+#: The run that added the Redis Cluster's rows (docs/cluster.md quotes it).
+WITH_CLUSTER = PROJECT_ROOT / "docs" / "bench-cluster-summary.json"
 
 
-def test_committed_bench_summary_reads_through_the_model() -> None:
-    raw = json.loads(COMMITTED.read_text())
-    summary = BenchSummary.read(COMMITTED)
+@pytest.mark.parametrize("committed", [COMMITTED, WITH_CLUSTER], ids=lambda p: p.name)
+def test_committed_bench_summary_reads_through_the_model(committed: Path) -> None:
+    raw = json.loads(committed.read_text())
+    summary = BenchSummary.read(committed)
     assert summary.model_dump(mode="json") == raw
     assert {k for k, r in summary.results.items() if r.fixed_rate is not None} == set(summary.fixed_rate.rows)
 

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.config import Settings
-from app.redis_client import is_cluster, subscriber_of
+from app.redis_client import close, is_cluster, subscriber_of
 from app.sessions import Limits, NearCache, RedisSessionStore, SessionKey
 from app.sessions.nearcache import LEASE_S
 from tests.app.sessions import stores
@@ -21,7 +21,7 @@ async def redis_no_retry(request: pytest.FixtureRequest, redis: Redis, redis_url
         else Settings(redis_url=redis_url)
     client = subscriber_of(settings, redis, NearCache.channel_of("nc"))
     yield client
-    await client.aclose()
+    await close(client)
 
 
 @pytest.fixture
