@@ -35,13 +35,17 @@ def test_committed_comparison_reads_through_the_model() -> None:
 def test_summaries_in_docs_are_all_read_by_some_test() -> None:
     assert {p.name for p in DOCS.glob("*summary*.json")} == {
         "loadtest-summary.json", "loadtest-hang-summary.json", "loadtest-mixed-summary.json",
-        "compare-summary.json", "bench-summary.json", "bench-growth-summary.json"}
+        "loadtest-cluster-summary.json", "compare-summary.json", "bench-summary.json", "bench-growth-summary.json",
+        "bench-cluster-summary.json"}
 
 
-def test_the_table_docs_quote_is_what_the_report_prints_from_the_committed_summary() -> None:
-    """docs/chaos.md quotes the mixed run's table (leaving a line out): every line it quotes, the report prints."""
-    printed = [line.rstrip() for line in verdict_table(LoadSummary.read(DOCS / "loadtest-mixed-summary.json"))
-               .splitlines()]
-    quoted = ("verdict" + (DOCS / "chaos.md").read_text().split("```\nverdict", 1)[1].split("```", 1)[0]).strip()
-    assert len(quoted.splitlines()) > 15
+@pytest.mark.parametrize(("page", "run", "lines"), [("chaos.md", "loadtest-mixed-summary.json", 15),
+                                                    ("cluster.md", "loadtest-cluster-summary.json", 12)])
+def test_the_table_docs_quote_is_what_the_report_prints_from_the_committed_summary(page: str, run: str,
+                                                                                    lines: int) -> None:
+    """docs/chaos.md quotes the mixed run's table (leaving a line out), docs/cluster.md the cluster's
+    CHAOS=redis run's: every line each quotes, the report prints from the committed summary."""
+    printed = [line.rstrip() for line in verdict_table(LoadSummary.read(DOCS / run)).splitlines()]
+    quoted = ("verdict" + (DOCS / page).read_text().split("```\nverdict", 1)[1].split("```", 1)[0]).strip()
+    assert len(quoted.splitlines()) > lines
     assert [line for line in quoted.splitlines() if line.rstrip() not in printed] == []
