@@ -133,7 +133,8 @@ def docker_farm(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -
 def cluster_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """The shared farm's twin on a Redis Cluster of six nodes (REDIS=cluster), natively."""
     with ExitStack() as stack:
-        yield _starter(stack, tmp_path_factory)(3, demo_controls=True, redis_mode="cluster")
+        # No demo controls: no console sampling it each second for the rest of the run.
+        yield _starter(stack, tmp_path_factory)(3, redis_mode="cluster")
 
 
 @pytest.fixture(scope="session", params=["native", "docker"])

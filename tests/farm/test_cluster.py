@@ -21,6 +21,8 @@ from app.config import SESSION_COOKIE
 from farmctl.native import cluster
 from farmctl.runtime import Farm
 from farmctl.wait import wait_until
+from loadtest.faults import PrimaryKill, Scene
+from loadtest.ledger import Ledger
 from tests.conftest import FarmFactory
 from tests.farm.users import client_from, login, new_username, register
 
@@ -150,14 +152,18 @@ def test_a_reshard_under_load_fails_no_request_and_loses_no_session(cluster_farm
 
 def test_a_primary_killed_under_load_only_its_shards_users_notice_and_no_acknowledged_login_is_lost(
         cluster_farm_own: Farm) -> None:
+    """The kill is CHAOS=redis's own (loadtest.faults.PrimaryKill): its victim, its SIGKILL, its
+    recovery - what `make loadtest REDIS=cluster CHAOS=redis` does every KILL_EVERY seconds."""
     farm = cluster_farm_own
     ports = farm.config.cluster_ports
+    assert PrimaryKill.refusal(farm) is None
     assert wait_until(farm.failover_ready, 30), "no replica in sync with every primary"
     users = sign_up(farm, 24)
     owner = {user.name: cluster.primary_of_slot(ports, user.slot) for user in users}
-    victim_port = cluster.primary_of_slot(ports, users[0].slot)
-    assert victim_port is not None
-    victim = next(name for name, port in farm.config.redis_nodes.items() if port == victim_port)
+    victim = PrimaryKill.pick_victim(farm, [])
+    assert victim is not None
+    victim_port = farm.config.redis_nodes[victim]
+    kill = PrimaryKill(Scene(farm, Ledger()), victim)
     acknowledged: list[tuple[float, str, httpx.Cookies]] = []  # logins answered 200, and when
     stop = threading.Event()
 
@@ -177,11 +183,11 @@ def test_a_primary_killed_under_load_only_its_shards_users_notice_and_no_acknowl
         with browsing(farm, users):
             time.sleep(1)  # a second more of logins before the kill
             killed_at = time.monotonic()
-            farm.kill(victim)
+            kill.inject()
             promoted = wait_until(lambda: not cluster.still_serving(victim_port, ports), 20, interval_s=0.1)
             failover_s = time.monotonic() - killed_at
             assert promoted, f"{victim} was not replaced within 20 s"
-            assert wait_until(lambda: farm.redis_primary() is not None, 10)
+            assert wait_until(kill.recovered, 10), "the chaos would not see the failover as recovered"
     finally:
         stop.set()
         signer.join()

@@ -38,13 +38,11 @@ def farm(farm_factory: FarmFactory) -> Farm:
 
 
 @pytest.fixture(scope="module", params=["sentinel", "cluster"])
-def store_farm(request: pytest.FixtureRequest, farm_factory: FarmFactory) -> Farm:
+def store_farm(request: pytest.FixtureRequest) -> Farm:
     """This module's farm behind Sentinel, then one on a Redis Cluster (where the invalidations go
     through the primary of their channel's slot)."""
-    if request.param == "sentinel":
-        farm: Farm = request.getfixturevalue("farm")
-        return farm
-    return farm_factory(3, redis_mode="cluster")
+    farm: Farm = request.getfixturevalue("farm" if request.param == "sentinel" else "cluster_farm")
+    return farm
 
 
 @dataclass

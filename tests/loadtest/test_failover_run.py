@@ -35,14 +35,12 @@ def test_in_process_sessions_fail_the_same_run(farm_factory: FarmFactory, tmp_pa
     assert summary.sessions_lost > 10
 
 
-@pytest.mark.parametrize("redis_mode", ["sentinel", "cluster"])
-def test_redis_primary_kill_run_completes_with_failover(farm_factory: FarmFactory, tmp_path: Path,
-                                                        redis_mode: str) -> None:
-    """CHAOS=redis: a SIGKILL of the Redis primary (on a cluster, of one of its primaries) mid-run, timed
-    until another node serves in its place. What it cost (sessions lost, lost updates, 503s) is reported,
-    not asserted: replication is asynchronous."""
+def test_redis_primary_kill_run_completes_with_failover(farm_factory: FarmFactory, tmp_path: Path) -> None:
+    """CHAOS=redis: a SIGKILL of the Redis primary mid-run, timed until the Sentinels name a new one.
+    What it cost (sessions lost, lost updates, 503s) is reported, not asserted: replication is
+    asynchronous. On a cluster the same fault kind is driven under load by tests/farm/test_cluster.py."""
     spec = LoadSpec(users=6, duration="20s", kill_every_s=8, spawn_rate=6, chaos=REDIS)
-    summary = run_scenario(farm_factory(3, redis_mode=redis_mode), spec, tmp_path)
+    summary = run_scenario(farm_factory(3, redis_mode="sentinel"), spec, tmp_path)
     print(summary.model_dump_json(include={"kills", "return_times_s", "sessions_lost", "lost_updates", "failures",
                                            "requests"}))
     assert summary.chaos == REDIS.name

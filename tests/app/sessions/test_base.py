@@ -2,13 +2,16 @@
 store applies the same way - checked on the Redis one and the in-process one alike."""
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from app.config import CART_MAX_ITEMS, CART_MAX_QTY
 from app.keys import UID_HEX, uid
+from app.redis_client import close, connect_redis
 from app.sessions import CartAdd, CartFull, CartRefused, Limits, RedisSessionStore, SessionKey, SessionStore
+from tests.app.conftest import settings_of
 from tests.app.sessions.stores import memory_store, new_username, redis_store, start
 
 
@@ -34,11 +37,16 @@ def test_limits_default_to_the_settings_defaults() -> None:
     assert (limits.max_cart_items, limits.max_item_qty) == (CART_MAX_ITEMS, CART_MAX_QTY)
 
 
-@pytest.fixture(params=["redis", "memory"])
-def store(request: pytest.FixtureRequest, redis: Redis) -> SessionStore:
-    """Both stores apply the same rules; the in-process one only fails at being shared."""
-    return redis_store(redis, max_cart_items=3, max_item_qty=10) if request.param == "redis" \
-        else memory_store(max_cart_items=3, max_item_qty=10)
+@pytest.fixture(params=["single", "cluster", "memory"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[SessionStore]:
+    """Both stores apply the same rules, the Redis one on a single Redis and on a cluster alike; the
+    in-process one only fails at being shared."""
+    if request.param == "memory":
+        yield memory_store(max_cart_items=3, max_item_qty=10)
+        return
+    client = connect_redis(settings_of(request, redis_url))
+    yield redis_store(client, max_cart_items=3, max_item_qty=10)
+    await close(client)
 
 
 async def test_an_add_repeated_with_its_request_id_applies_once(store: SessionStore) -> None:
