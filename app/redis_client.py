@@ -145,12 +145,27 @@ class ShardPool(TimedPool):
         await self.disconnect(inuse_connections=False)
         await self.refresh()
 
+    async def primary_named(self) -> Address:
+        """The primary of `key`'s slot as a node of the cluster names it now (CLUSTER SLOTS, one round
+        trip); only when that differs from the client's slot map is the map asked for again (a whole
+        refresh every PRIMARY_CHECK_S doubled an idle instance's CPU)."""
+        await self.cluster.initialize()
+        slot = self.cluster.keyslot(self.key)
+        ranges = await self.cluster.execute_command("CLUSTER SLOTS", target_nodes=self.cluster.get_random_node())
+        named = next(((str(owner["primary"][0]), int(owner["primary"][1])) for (low, high), owner in ranges.items()
+                      if low <= slot <= high), None)
+        if named is None:
+            raise RedisConnectionError(f"no primary serves slot {slot}")
+        if named != self.master_address:
+            await self.refresh()
+        return named
+
     async def refresh(self) -> None:
         """The cluster client's slot map, asked of the cluster now (which its commands then use too)."""
         await self.cluster.initialize()  # the first time: its nodes, slots and command parser; then nothing
         try:
             await self.cluster.nodes_manager.initialize()
-        except RedisClusterException as exc:
+        except (RedisClusterException, IndexError) as exc:  # as BoundedCluster.initialize
             raise RedisConnectionError(f"no answer from the cluster: {exc}") from exc
 
 
@@ -229,11 +244,12 @@ class BoundedCluster(RedisCluster):
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         """As redis-py's, but a cluster that cannot be reached (no node answers, the slots not all
         served yet) is a connection error, as a single Redis that cannot be reached is: redis-py
-        raises an exception that is no RedisError there, which the app would answer 500."""
+        raises an exception that is no RedisError there, which the app would answer 500 - and an
+        IndexError when the nodes answer but are no cluster yet (no primary to name)."""
         try:
             return await super().initialize(*args, **kwargs)
-        except RedisClusterException as exc:
-            raise RedisConnectionError(f"no answer from the cluster: {exc}") from exc
+        except (RedisClusterException, IndexError) as exc:
+            raise RedisConnectionError(f"no answer from the cluster: {exc!r}") from exc
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -258,6 +274,10 @@ def _connect_cluster(settings: Settings) -> Redis:
         # While a shard fails over, its slots may be missing from the map the client asks for: the
         # others' are still good (the nodes run with cluster-require-full-coverage no, too).
         require_full_coverage=False,
+        # The nodes it was given stay the ones it asks: by default redis-py replaces them with the
+        # nodes a node reports, and a node not yet made part of the cluster (the instances may start
+        # first) reports none - the client then has nobody left to ask, for good.
+        dynamic_startup_nodes=False,
         # A MOVED patches the client's slot map, and that is all: every few MOVED, redis-py would
         # instead close every connection of the client, those of commands in flight too, which then
         # fail - a reshard under load would fail requests. (A node that is gone is a connection
@@ -374,11 +394,10 @@ def publishes_to(redis: Redis, channel: str) -> Address | None:
 
 async def primary_named(redis: Redis) -> Address:
     """The primary as it is named now: by the first Sentinel that answers (MasterNotFoundError if
-    none does), or by the cluster, asked again for its slots (which the data client then uses too)."""
+    none does), or by a node of the cluster (the data client's slot map asked again if it differs)."""
     pool = redis.connection_pool
     if isinstance(pool, ShardPool):
-        await pool.refresh()
-        return pool.master_address
+        return await pool.primary_named()
     assert isinstance(pool, FailoverPool), "only a Sentinel or shard client has a primary to ask for"
     host, port = await pool.sentinel_manager.discover_master(pool.service_name)
     return str(host), int(port)

@@ -21,13 +21,15 @@ def _server(port: int, workdir: Path, *args: str) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def scratch_cluster(workdir: Path) -> Iterator[list[int]]:
-    """The ports of six nodes made one healthy cluster (three primaries, three replicas)."""
+def scratch_cluster(workdir: Path, create: bool = True) -> Iterator[list[int]]:
+    """The ports of six nodes made one healthy cluster (three primaries, three replicas); with
+    `create=False`, six cluster-enabled nodes that are no cluster yet (`cluster.create` makes them one)."""
     base = free_cluster_block(6)
     ports = list(range(base, base + 6))
     procs = [_server(port, workdir, *cluster.node_args(port)) for port in ports]
     try:
-        cluster.create(ports)
+        if create:
+            cluster.create(ports)
         yield ports
     finally:
         for proc in procs:
