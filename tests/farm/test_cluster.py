@@ -1,5 +1,6 @@
 """A farm on a Redis Cluster of six nodes (REDIS=cluster) under the faults a cluster has: a primary
-SIGKILLed while users browse and sign in, and slots moved between primaries while they browse. Each
+SIGKILLed while users browse and sign in, and slots moved between primaries while they browse - on
+the shared cluster farm, which each test leaves healthy (which node is primary of what changes). Each
 user's keys live in one slot (app.keys); these tests read which primary holds it."""
 
 import secrets
@@ -23,16 +24,9 @@ from farmctl.runtime import Farm
 from farmctl.wait import wait_until
 from loadtest.faults import PrimaryKill, Scene
 from loadtest.ledger import Ledger
-from tests.conftest import FarmFactory
 from tests.farm.users import client_from, login, new_username, register
 
 pytestmark = pytest.mark.farm
-
-
-@pytest.fixture(scope="module")
-def cluster_farm_own(farm_factory: FarmFactory) -> Farm:
-    """A cluster farm of this module's own: its faults change which node is primary of what."""
-    return farm_factory(3, redis_mode="cluster")
 
 
 def slot_of(username: str) -> int:
@@ -86,9 +80,9 @@ def browsing(farm: Farm, users: list[User]) -> Iterator[None]:
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1)  # a calm second first
+        time.sleep(0.5)  # calm first
         yield
-        time.sleep(1)
+        time.sleep(0.5)
     finally:
         stop.set()
         for thread in threads:
@@ -129,8 +123,8 @@ def slot_ranges(ports: tuple[int, ...]) -> list[tuple[int, int, int]]:
                 node.execute_command("CLUSTER", "SLOTS")]
 
 
-def test_a_reshard_under_load_fails_no_request_and_loses_no_session(cluster_farm_own: Farm) -> None:
-    farm = cluster_farm_own
+def test_a_reshard_under_load_fails_no_request_and_loses_no_session(cluster_farm: Farm) -> None:
+    farm = cluster_farm
     ports = farm.config.cluster_ports
     source, target = cluster.primaries(ports)[:2]
     lowest = min(low for low, high, primary, *_ in slot_ranges(ports) if primary == source)
@@ -151,10 +145,10 @@ def test_a_reshard_under_load_fails_no_request_and_loses_no_session(cluster_farm
 
 
 def test_a_primary_killed_under_load_only_its_shards_users_notice_and_no_acknowledged_login_is_lost(
-        cluster_farm_own: Farm) -> None:
+        cluster_farm: Farm) -> None:
     """The kill is CHAOS=redis's own (loadtest.faults.PrimaryKill): its victim, its SIGKILL, its
     recovery - what `make loadtest REDIS=cluster CHAOS=redis` does every KILL_EVERY seconds."""
-    farm = cluster_farm_own
+    farm = cluster_farm
     ports = farm.config.cluster_ports
     assert PrimaryKill.refusal(farm) is None
     assert wait_until(farm.failover_ready, 30), "no replica in sync with every primary"
@@ -215,4 +209,6 @@ def test_a_primary_killed_under_load_only_its_shards_users_notice_and_no_acknowl
     assert before_kill
     assert lost == []  # acknowledged = on the replica too (WAIT): promoted with it
     carts_and_sessions_intact(farm, users)
+    # The shared cluster farm, as the next tests expect it: every primary with a replica in sync.
+    assert wait_until(farm.failover_ready, 30), "the killed node did not rejoin as a replica"
 
