@@ -56,19 +56,27 @@ def run(*command: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=120, check=False)
 
 
+def kustomize(directory: Path, out: Path) -> Path:
+    """`kubectl kustomize DIRECTORY` into `out`: exactly what `kubectl apply -k DIRECTORY` would send."""
+    result = run(tool("kubectl"), "kustomize", directory)
+    assert result.returncode == 0, result.stderr
+    out.write_text(result.stdout)
+    return out
+
+
+def documents(rendered: Path) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(rendered.read_text()) if doc]
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`kubectl kustomize k8s/`, exactly what `kubectl apply -k k8s/` would send."""
-    result = run(tool("kubectl"), "kustomize", K8S_DIR)
-    assert result.returncode == 0, result.stderr
-    path = tmp_path_factory.mktemp("k8s") / "webfarm.yaml"
-    path.write_text(result.stdout)
-    return path
+    """What `kubectl apply -k k8s/` would send."""
+    return kustomize(K8S_DIR, tmp_path_factory.mktemp("k8s") / "webfarm.yaml")
 
 
 @pytest.fixture(scope="module")
 def objects(rendered: Path) -> list[Obj]:
-    return [doc for doc in yaml.safe_load_all(rendered.read_text()) if doc]
+    return documents(rendered)
 
 
 @pytest.fixture(scope="module")
@@ -557,17 +565,13 @@ CLUSTER_FLOWS = {
 
 @pytest.fixture(scope="module")
 def cluster_rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`kubectl kustomize k8s/cluster/`, what `kubectl apply -k k8s/cluster/` would send."""
-    result = run(tool("kubectl"), "kustomize", CLUSTER_DIR)
-    assert result.returncode == 0, result.stderr
-    path = tmp_path_factory.mktemp("k8s-cluster") / "webfarm-cluster.yaml"
-    path.write_text(result.stdout)
-    return path
+    """What `kubectl apply -k k8s/cluster/` would send."""
+    return kustomize(CLUSTER_DIR, tmp_path_factory.mktemp("k8s-cluster") / "webfarm-cluster.yaml")
 
 
 @pytest.fixture(scope="module")
 def cluster_objects(cluster_rendered: Path) -> list[Obj]:
-    return [doc for doc in yaml.safe_load_all(cluster_rendered.read_text()) if doc]
+    return documents(cluster_rendered)
 
 
 @pytest.fixture(scope="module")
