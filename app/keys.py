@@ -46,6 +46,11 @@ def user_space(prefix: str, username: str) -> str:
     return tagged(prefix, tag_of(uid(username)))
 
 
+def live_key(prefix: str, tag: str) -> str:
+    """The index of live sessions of the users with this tag (a sorted set of session ids by expiry)."""
+    return tagged(prefix, tag) + "live-sessions"
+
+
 def live_keys(prefix: str) -> list[str]:
-    """Every tag's index of live sessions (sorted sets of session ids by expiry)."""
-    return [tagged(prefix, f"{tag:02x}") + "live-sessions" for tag in range(TAGS)]
+    """Every tag's index of live sessions."""
+    return [live_key(prefix, f"{tag:02x}") for tag in range(TAGS)]

@@ -288,7 +288,7 @@ class RedisSessionStore(SessionStore):
 
     def live_key(self, key: SessionKey) -> str:
         """The index of live sessions that lists this one (one per tag)."""
-        return keys.tagged(self.prefix, key.tag) + "live-sessions"
+        return keys.live_key(self.prefix, key.tag)
 
     def user_key(self, username: str) -> str:
         """The user's session index: ids by creation time, at most `max_sessions_per_account`."""
@@ -300,7 +300,7 @@ class RedisSessionStore(SessionStore):
     def _session_keys(self, key: SessionKey) -> list[str]:
         """What _CHECK and the scripts after it name: session, live-index, applied, user-epoch, user-index."""
         space = keys.tagged(self.prefix, key.tag)
-        return [f"{space}session:{key.id}", f"{space}live-sessions", f"{space}applied:{key.id}",
+        return [f"{space}session:{key.id}", keys.live_key(self.prefix, key.tag), f"{space}applied:{key.id}",
                 f"{space}user-epoch:{key.uid}", f"{space}user-index:{key.uid}"]
 
     async def epoch(self, username: str) -> int:
@@ -399,9 +399,9 @@ class RedisSessionStore(SessionStore):
         Redis long however many sessions the user has. Once the epoch has moved, every session has
         ended: a batch that fails then is logged, not raised, and what it left expires on its own
         (idle TTL; a touch deletes it at once)."""
-        space = keys.user_space(self.prefix, username)
+        space, tag = keys.user_space(self.prefix, username), keys.tag_of(keys.uid(username))
         ending = f"{space}user-index-ending:{keys.uid(username)}:{secrets.token_hex(8)}"
-        live = space + "live-sessions"
+        live = keys.live_key(self.prefix, tag)
         batch: list[str | int] = [END_BATCH, f"{space}session:", f"{space}applied:"]
         ended, left = await self._delete_user(
             [ending, live, self.epoch_key(username), self.user_key(username)], [*batch, self.limits.absolute_ms])

@@ -118,17 +118,22 @@ def primaries(ports: Collection[int], password: str = "") -> list[int]:
     return sorted(n.port for n in nodes(ports, password).values() if n.serving)
 
 
-def primary_of_slot(ports: Collection[int], slot: int, password: str = "") -> int | None:
-    """The port of the primary that serves `slot` now, as the first node that answers says."""
+def slot_ranges(ports: Collection[int], password: str = "") -> list[tuple[int, int, int]]:
+    """(first slot, last slot, primary's port) of every range served now, as the first node that
+    answers says (CLUSTER SLOTS); [] if none does."""
     for port in ports:
         try:
             with _client(port, password) as client:
-                for low, high, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-                    if int(low) <= slot <= int(high):
-                        return int(primary[1])
+                return [(int(low), int(high), int(primary[1]))
+                        for low, high, primary, *_ in client.execute_command("CLUSTER", "SLOTS")]
         except redis.RedisError:
             continue
-    return None
+    return []
+
+
+def primary_of_slot(ports: Collection[int], slot: int, password: str = "") -> int | None:
+    """The port of the primary that serves `slot` now, as the first node that answers says."""
+    return next((port for low, high, port in slot_ranges(ports, password) if low <= slot <= high), None)
 
 
 def reshard(ports: Collection[int], source: int, target: int, slots: int, password: str = "",

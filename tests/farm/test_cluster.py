@@ -14,7 +14,6 @@ from functools import partial
 
 import httpx
 import pytest
-import redis
 from redis.crc import key_slot
 
 from app import keys
@@ -116,18 +115,11 @@ def carts_and_sessions_intact(farm: Farm, users: list[User]) -> None:
 MOVED = 1000
 
 
-def slot_ranges(ports: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """(first slot, last slot, primary's port) of every range the cluster serves."""
-    with redis.Redis(port=ports[0], decode_responses=True) as node:
-        return [(int(low), int(high), int(primary[1])) for low, high, primary, *_ in
-                node.execute_command("CLUSTER", "SLOTS")]
-
-
 def test_a_reshard_under_load_fails_no_request_and_loses_no_session(cluster_farm: Farm) -> None:
     farm = cluster_farm
     ports = farm.config.cluster_ports
     source, target = cluster.primaries(ports)[:2]
-    lowest = min(low for low, high, primary, *_ in slot_ranges(ports) if primary == source)
+    lowest = min(low for low, _, primary in cluster.slot_ranges(ports) if primary == source)
     # Half of them in the slots on the move (redis-cli takes the source's lowest), half anywhere.
     users = sign_up(farm, 12, range(lowest, lowest + MOVED)) + sign_up(farm, 12)
     before = {user.name: cluster.primary_of_slot(ports, user.slot) for user in users}
